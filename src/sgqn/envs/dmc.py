@@ -1,0 +1,103 @@
+"""Pixel DeepMind Control tasks with the action repeat applied *below* the renderer.
+
+Layering (inner → outer): dm_control task → `ActionRepeat` (sums rewards over physics sub-steps, no
+rendering) → `ModePixels` (renders once per agent step, applies the test mode) → TorchRL's
+`DMControlWrapper`. TorchRL's own `frame_skip` sits above the pixel wrapper and would render every
+sub-step: on a CPU renderer that makes an agent step ~`action_repeat`× more expensive.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Any
+
+import dm_env
+import numpy as np
+from dm_control.suite.wrappers import pixels
+
+from sgqn.envs.modes.base import Mode
+from sgqn.envs.render import RenderQuality
+
+
+class ActionRepeat(dm_env.Environment):
+    """Repeat each action `repeat` times on the physics; reward is the sum over the sub-steps."""
+
+    def __init__(self, env: Any, repeat: int) -> None:
+        self._env = env
+        self._repeat = repeat
+
+    # TorchRL's DMControlWrapper reseeds through `env._env.task._random`, dm_control's pixel wrapper
+    # renders through `env.physics`: expose both.
+    @property
+    def task(self) -> Any:
+        return self._env.task
+
+    @property
+    def physics(self) -> Any:
+        return self._env.physics
+
+    def reset(self) -> dm_env.TimeStep:
+        return self._env.reset()
+
+    def step(self, action: np.ndarray) -> dm_env.TimeStep:
+        reward = 0.0
+        for _ in range(self._repeat):
+            timestep = self._env.step(action)
+            reward += timestep.reward or 0.0
+            if timestep.last():
+                break
+        return timestep._replace(reward=reward)
+
+    def observation_spec(self) -> Any:
+        return self._env.observation_spec()
+
+    def action_spec(self) -> Any:
+        return self._env.action_spec()
+
+    def reward_spec(self) -> Any:
+        return self._env.reward_spec()
+
+    def discount_spec(self) -> Any:
+        return self._env.discount_spec()
+
+    def close(self) -> None:
+        self._env.close()
+
+
+class ModePixels(pixels.Wrapper):
+    """dm_control's pixel wrapper with test-mode hooks and a render-quality preset.
+
+    Subclassing (rather than re-implementing) keeps TorchRL's `DMControlWrapper` happy: it accepts
+    `pixels.Wrapper` instances and reads their observation specs.
+    """
+
+    def __init__(
+        self,
+        env: ActionRepeat,
+        *,
+        image_size: int,
+        camera_id: int,
+        mode: Mode,
+        quality: RenderQuality,
+        mode_seed: int,
+    ) -> None:
+        self.mode = mode
+        self.mode_rng = np.random.default_rng(mode_seed)
+        quality.apply(env.physics)
+        mode.bind(env.physics)
+        super().__init__(
+            env,
+            pixels_only=True,
+            render_kwargs={"height": image_size, "width": image_size, "camera_id": camera_id},
+        )
+
+    def reset(self) -> dm_env.TimeStep:
+        timestep = self._env.reset()
+        self.mode.on_reset(self._env.physics, self.mode_rng)
+        return self._add_pixel_observation(timestep)
+
+    def _add_pixel_observation(self, time_step: dm_env.TimeStep) -> dm_env.TimeStep:
+        physics = self._env.physics
+        self.mode.before_render(physics)
+        frame = self.mode.after_render(physics.render(**self._render_kwargs))
+        return time_step._replace(observation=collections.OrderedDict(pixels=frame))
