@@ -96,8 +96,18 @@ class ModePixels(pixels.Wrapper):
         self.mode.on_reset(self._env.physics, self.mode_rng)
         return self._add_pixel_observation(timestep)
 
-    def _add_pixel_observation(self, time_step: dm_env.TimeStep) -> dm_env.TimeStep:
+    def render_frame(self) -> np.ndarray:
+        """The current physics state as this mode shows it, uint8 `[H, W, 3]`."""
         physics = self._env.physics
         self.mode.before_render(physics)
-        frame = self.mode.after_render(physics.render(**self._render_kwargs))
-        return time_step._replace(observation=collections.OrderedDict(pixels=frame))
+        return self.mode.after_render(physics.render(**self._render_kwargs))
+
+    def render_state(self, state: np.ndarray) -> np.ndarray:
+        """Render a physics state (`physics.get_state()`, e.g. from another mode's env) in this mode."""
+        physics = self._env.physics
+        with physics.reset_context():
+            physics.set_state(state)
+        return self.render_frame()
+
+    def _add_pixel_observation(self, time_step: dm_env.TimeStep) -> dm_env.TimeStep:
+        return time_step._replace(observation=collections.OrderedDict(pixels=self.render_frame()))

@@ -1,0 +1,190 @@
+"""Writes the two notebooks from the cells below (run: python notebooks/_build.py); outputs are not stored."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+HERE = Path(__file__).parent
+
+INSPECT = [
+    new_markdown_cell(
+        "# Inspect runs\n"
+        "Learning curves (mean ± std across seeds) for the train env and each test mode, the "
+        "generalization gap, saliency consistency, a final results table and the latest saliency grids, "
+        "all read from MLflow through its client API.\n\n"
+        "Set `MLFLOW_TRACKING_URI` (default `sqlite:///mlflow.db`) and `SGQN_EXPERIMENT` (default: the "
+        "most recently updated experiment) or edit the next cell."
+    ),
+    new_code_cell(
+        "import os\n"
+        "import re\n"
+        "from collections import defaultdict\n\n"
+        "import matplotlib.pyplot as plt\n"
+        "import numpy as np\n"
+        "import pandas as pd\n"
+        "from mlflow import MlflowClient\n\n"
+        "TRACKING_URI = os.environ.get('MLFLOW_TRACKING_URI', 'sqlite:///mlflow.db')\n"
+        "EXPERIMENT = os.environ.get('SGQN_EXPERIMENT')\n"
+        "client = MlflowClient(tracking_uri=TRACKING_URI)\n"
+        "experiments = client.search_experiments(order_by=['last_update_time DESC'])\n"
+        "experiment = next(e for e in experiments if EXPERIMENT in (None, e.name))\n"
+        "runs = client.search_runs([experiment.experiment_id], order_by=['start_time DESC'])\n"
+        "print(f'experiment {experiment.name!r}: {len(runs)} runs')"
+    ),
+    new_code_cell(
+        "# A 'method' is an (algorithm, task) pair; its runs are seeds.\n"
+        "def method(run):\n"
+        "    p = run.data.params\n"
+        "    return f\"{p.get('algorithm', '?')}/{p.get('task', '?')}\"\n\n"
+        "eval_keys = sorted({k for r in runs for k in r.data.metrics if re.fullmatch(r'eval/[^/]+/return_mean', k)})\n"
+        "modes = [k.split('/')[1] for k in eval_keys]\n"
+        "groups = defaultdict(list)\n"
+        "for run in runs:\n"
+        "    groups[method(run)].append(run)\n"
+        "print(dict((m, len(rs)) for m, rs in groups.items()), modes)"
+    ),
+    new_code_cell(
+        "def curves(run_list, key):\n"
+        '    """Steps and values (seeds × steps) of a metric, on the steps all seeds share."""\n'
+        "    histories = [{m.step: m.value for m in client.get_metric_history(r.info.run_id, key)} for r in run_list]\n"
+        "    steps = sorted(set.intersection(*(set(h) for h in histories))) if histories else []\n"
+        "    return np.array(steps), np.array([[h[s] for s in steps] for h in histories])\n\n"
+        "fig, axes = plt.subplots(1, max(1, len(modes)), figsize=(4 * max(1, len(modes)), 3), squeeze=False)\n"
+        "for ax, mode in zip(axes[0], modes):\n"
+        "    for name, run_list in groups.items():\n"
+        "        steps, values = curves(run_list, f'eval/{mode}/return_mean')\n"
+        "        if len(steps):\n"
+        "            mean, std = values.mean(0), values.std(0)\n"
+        "            ax.plot(steps, mean, label=name)\n"
+        "            ax.fill_between(steps, mean - std, mean + std, alpha=0.2)\n"
+        "    ax.set(title=mode, xlabel='agent steps', ylabel='return')\n"
+        "axes[0][0].legend(fontsize=7)\n"
+        "fig.tight_layout()"
+    ),
+    new_code_cell(
+        "# Generalization gap (train − mode) and saliency consistency (mask IoU with train), per mode.\n"
+        "for prefix, title in [('generalization_gap', 'generalization gap'), ('saliency_iou', 'saliency IoU with train')]:\n"
+        "    keys = sorted({k for r in runs for k in r.data.metrics if k.endswith('/' + prefix)})\n"
+        "    if not keys:\n"
+        "        continue\n"
+        "    fig, ax = plt.subplots(figsize=(5, 3))\n"
+        "    for name, run_list in groups.items():\n"
+        "        for key in keys:\n"
+        "            steps, values = curves(run_list, key)\n"
+        "            if len(steps):\n"
+        "                ax.plot(steps, values.mean(0), label=f\"{name} {key.split('/')[1]}\")\n"
+        "    ax.set(title=title, xlabel='agent steps')\n"
+        "    ax.legend(fontsize=7)"
+    ),
+    new_code_cell(
+        "# Results table: last evaluation of each run, mean ± std across seeds (DMC-GB style).\n"
+        "rows = []\n"
+        "for name, run_list in groups.items():\n"
+        "    row = {'method': name, 'seeds': len(run_list)}\n"
+        "    for mode in modes:\n"
+        "        finals = [r.data.metrics[f'eval/{mode}/return_mean'] for r in run_list if f'eval/{mode}/return_mean' in r.data.metrics]\n"
+        "        row[mode] = f'{np.mean(finals):.0f} ± {np.std(finals):.0f}' if finals else ''\n"
+        "    rows.append(row)\n"
+        "table = pd.DataFrame(rows)\n"
+        "table"
+    ),
+    new_code_cell(
+        "# The latest saliency grid of the most recent run that logged one.\n"
+        "from PIL import Image\n\n"
+        "def latest_grid(run):\n"
+        "    files = [f.path for f in client.list_artifacts(run.info.run_id, 'saliency') if f.path.endswith('.png')]\n"
+        "    return sorted(files)[-1] if files else None\n\n"
+        "for run in runs:\n"
+        "    path = latest_grid(run)\n"
+        "    if path:\n"
+        "        local = client.download_artifacts(run.info.run_id, path)\n"
+        "        grid = Image.open(local)\n"
+        "        fig, ax = plt.subplots(figsize=(grid.width / 60, grid.height / 60))\n"
+        "        ax.imshow(grid)\n"
+        "        ax.set_title(f'{method(run)} {path}')\n"
+        "        ax.axis('off')\n"
+        "        break\n"
+        "else:\n"
+        "    print('no saliency grid logged yet')"
+    ),
+]
+
+EXPLORER = [
+    new_markdown_cell(
+        "# Saliency explorer\n"
+        "Load a checkpoint from an MLflow run, roll out an episode in a chosen test mode and look at "
+        "observation / attribution / mask / masked observation / predicted mask side by side.\n\n"
+        "`MLFLOW_TRACKING_URI`, `SGQN_EXPERIMENT`, `SGQN_MODE` (default `video_hard`) configure it."
+    ),
+    new_code_cell(
+        "import os\n\n"
+        "import matplotlib.pyplot as plt\n"
+        "import torch\n"
+        "from mlflow import MlflowClient\n\n"
+        "import sgqn.envs  # selects the OpenGL backend before dm_control loads\n"
+        "from sgqn.data.stream import DMCDataModule\n"
+        "from sgqn.module import SGQNModule\n"
+        "from sgqn.viz import saliency_grid\n\n"
+        "TRACKING_URI = os.environ.get('MLFLOW_TRACKING_URI', 'sqlite:///mlflow.db')\n"
+        "EXPERIMENT = os.environ.get('SGQN_EXPERIMENT')\n"
+        "MODE = os.environ.get('SGQN_MODE', 'video_hard')\n"
+        "client = MlflowClient(tracking_uri=TRACKING_URI)\n"
+        "experiments = client.search_experiments(order_by=['last_update_time DESC'])\n"
+        "experiment = next(e for e in experiments if EXPERIMENT in (None, e.name))"
+    ),
+    new_code_cell(
+        "# The newest run with a checkpoint artifact, and its last checkpoint.\n"
+        "def checkpoints(run_id, path=''):\n"
+        "    for f in client.list_artifacts(run_id, path):\n"
+        "        if f.is_dir:\n"
+        "            yield from checkpoints(run_id, f.path)\n"
+        "        elif f.path.endswith('.ckpt'):\n"
+        "            yield f.path\n\n"
+        "for run in client.search_runs([experiment.experiment_id], order_by=['start_time DESC']):\n"
+        "    found = sorted(checkpoints(run.info.run_id))\n"
+        "    if found:\n"
+        "        path = next((p for p in found if p.endswith('last.ckpt')), found[-1])\n"
+        "        break\n"
+        "local = client.download_artifacts(run.info.run_id, path)\n"
+        "print(run.info.run_name, path)"
+    ),
+    new_code_cell(
+        "module = SGQNModule.load_from_checkpoint(local, map_location='cpu').eval()\n"
+        "hparams = torch.load(local, map_location='cpu', weights_only=False)['datamodule_hyper_parameters']\n"
+        "data = DMCDataModule(**hparams)\n"
+        "env = data.make_env(mode=MODE, seed=hparams['seed'] + 123)\n"
+        "policy = module.policy_module(deterministic=True)\n"
+        "with torch.no_grad():\n"
+        "    episode = env.rollout(1000, policy, break_when_any_done=True)\n"
+        "print(f\"{MODE}: return {episode['next', 'reward'].sum().item():.1f} over {episode.shape[0]} steps\")"
+    ),
+    new_code_cell(
+        "# Six observations spread over the episode.\n"
+        "picks = torch.linspace(0, episode.shape[0] - 1, 6).long()\n"
+        "obs = episode['pixels'][picks]\n"
+        "maps = module.attribution_maps(obs, episode['action'][picks])\n"
+        "grid = saliency_grid(obs, maps['attribution'], maps['mask'], maps['masked_obs'], maps['predicted_mask'], [f't={int(t)}' for t in picks])\n"
+        "fig, ax = plt.subplots(figsize=(grid.shape[1] / 50, grid.shape[0] / 50))\n"
+        "ax.imshow(grid)\n"
+        "ax.set_title(f'{MODE}: observation / attribution / mask / masked / predicted')\n"
+        "ax.axis('off');"
+    ),
+]
+
+
+def main() -> None:
+    for name, cells in [("inspect_runs", INSPECT), ("saliency_explorer", EXPLORER)]:
+        notebook = new_notebook(cells=cells)
+        notebook.metadata["kernelspec"] = {
+            "name": "python3",
+            "display_name": "Python 3",
+            "language": "python",
+        }
+        nbformat.write(notebook, HERE / f"{name}.ipynb")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""Live generalization metrics: the same physics states seen in every test mode, and how the agent's
+saliency moves when only the appearance changes.
+
+- generalization gap (per mode) = train return − mode return: how much the disturbance costs.
+- saliency consistency (per mode) = IoU between the binary saliency mask (at ρ) of a train observation
+  and that of the *same* physics states rendered in the mode, for the same action. 1 means the critic
+  attends to exactly the same pixels whatever the background or colours; a critic distracted by the
+  video or colours scores lower.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from torchrl.envs import EnvBase
+from torchrl.envs.utils import step_mdp
+
+from sgqn.viz import mask_iou
+
+
+def pixel_wrapper(env: EnvBase):
+    """The dm_control-level pixel wrapper (`ModePixels`) under a `make_env` env."""
+    return env.base_env._env
+
+
+@torch.no_grad()
+def collect_states(env: EnvBase, policy, num_steps: int) -> list[np.ndarray]:
+    """Physics states of one policy rollout in `env` (first = the reset state), `num_steps + 1` of them."""
+    physics = pixel_wrapper(env)._env.physics
+    td = env.reset()
+    states = [physics.get_state().copy()]
+    for _ in range(num_steps):
+        td = env.step(policy(td))
+        states.append(physics.get_state().copy())
+        if td["next", "done"].item():
+            break
+        td = step_mdp(td)
+    return states
+
+
+def stacked_observations(
+    env: EnvBase, states: Sequence[np.ndarray], indices: Sequence[int], frame_stack: int
+) -> torch.Tensor:
+    """uint8 `[len(indices), 3 * frame_stack, H, W]`: the stacks ending at `states[i]`, as `env` shows them
+    (frames before the first state repeat it, as at reset)."""
+    wrapper = pixel_wrapper(env)
+    stacks = []
+    for i in indices:
+        frames = [wrapper.render_state(states[max(i - k, 0)]) for k in range(frame_stack - 1, -1, -1)]
+        stacks.append(torch.from_numpy(np.concatenate([f.transpose(2, 0, 1) for f in frames])))
+    return torch.stack(stacks)
+
+
+def same_state_observations(
+    envs: Mapping[str, EnvBase], states: Sequence[np.ndarray], indices: Sequence[int], frame_stack: int
+) -> dict[str, torch.Tensor]:
+    """The same stacked observations in each mode's env."""
+    return {mode: stacked_observations(env, states, indices, frame_stack) for mode, env in envs.items()}
+
+
+def saliency_consistency(masks: Mapping[str, torch.Tensor], reference: str = "train") -> dict[str, float]:
+    """Mean IoU of each mode's masks with the reference mode's masks (same states, same actions)."""
+    base = masks[reference]
+    return {mode: mask_iou(base, m).mean().item() for mode, m in masks.items() if mode != reference}
+
+
+def generalization_gaps(returns: Mapping[str, float], reference: str = "train") -> dict[str, float]:
+    """Train return − mode return, for each mode other than the reference."""
+    return {mode: returns[reference] - r for mode, r in returns.items() if mode != reference}

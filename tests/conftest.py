@@ -1,0 +1,21 @@
+"""Shared fixtures: headless GL is selected before any test imports dm_control."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+import sgqn.envs  # noqa: F401  (selects MUJOCO_GL before dm_control is imported anywhere)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def dmcgb_root() -> Path:
+    """The real DMC-GB data (../shared/dmcgb or $SGQN_DMCGB_ROOT); tests skip when it is absent."""
+    root = Path(os.environ.get("SGQN_DMCGB_ROOT", REPO.parent / "shared" / "dmcgb"))
+    if not (root / "color_hard.pt").exists():
+        pytest.skip(f"DMC-GB data not found at {root}")
+    return root
