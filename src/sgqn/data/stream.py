@@ -151,6 +151,14 @@ class DMCDataModule(L.LightningDataModule):
         self.action_dim: int = int(probe.action_spec.shape[-1])
         probe.close()
 
+    @classmethod
+    def from_checkpoint(cls, path: str, **overrides: Any) -> DMCDataModule:
+        """The data settings a checkpoint was trained with (LightningCLI adds private `_…` keys)."""
+        import torch
+
+        saved = torch.load(path, map_location="cpu", weights_only=False)["datamodule_hyper_parameters"]
+        return cls(**{k: v for k, v in saved.items() if not k.startswith("_")} | overrides)
+
     def make_env(self, mode: str = "train", seed: int | None = None, **mode_kwargs: Any) -> EnvBase:
         """This data module's env settings in any mode (evaluation builds its envs here too)."""
         hp = self.hparams

@@ -63,11 +63,21 @@ def make_env(
     terminated): DMC tasks have no terminal states, so targets must bootstrap through the time limit.
     """
     domain, task = split_task(name)
-    action_repeat = _positive("action_repeat", action_repeat or DEFAULT_ACTION_REPEAT[name])
+    if action_repeat is None:
+        action_repeat = DEFAULT_ACTION_REPEAT[name]
+    _positive("action_repeat", action_repeat)
     _positive("frame_stack", frame_stack)
     _positive("image_size", image_size)
     quality = RenderQuality.named(render_quality)
-    appearance = make_mode(mode, domain=domain, intensity=intensity, data=data)
+    appearance = make_mode(
+        mode,
+        domain=domain,
+        intensity=intensity,
+        data=data,
+        action_repeat=action_repeat,
+        image_size=image_size,
+        camera_id=camera_id,
+    )
 
     from dm_control import suite
 

@@ -2,18 +2,85 @@
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, Literal, cast
 
 from sgqn.envs.modes.base import Mode
+from sgqn.envs.modes.distracting import INTENSITIES, NUM_VIDEOS
 
-MODES: tuple[str, ...] = ("train",)
+MODES: tuple[str, ...] = ("train", "color_easy", "color_hard", "video_easy", "video_hard", "distracting_cs")
+DISTRACTING_CS_INTENSITIES: tuple[float, ...] = INTENSITIES
+Level = Literal["easy", "hard"]
 
 
-def make_mode(name: str, *, domain: str, intensity: float | None = None, data: Any = None) -> Mode:
-    """Build the `Mode` called `name` for `domain`; `data` is the data source set (see `sgqn.data`)."""
+def _intensity(mode: str, intensity: float | None) -> float | None:
+    if mode != "distracting_cs":
+        # DMC-GB passes its `--distracting_cs_intensity` (default 0) to every mode and ignores it.
+        if intensity not in (None, 0, 0.0):
+            raise ValueError(
+                f"intensity applies to distracting_cs only; mode {mode!r} got intensity={intensity!r}"
+            )
+        return None
+    if intensity is not None and not isinstance(intensity, bool):
+        for valid in INTENSITIES:
+            if math.isclose(float(intensity), valid, rel_tol=0, abs_tol=1e-9):
+                return valid
+    raise ValueError(f"distracting_cs needs an intensity in {list(INTENSITIES)}, got {intensity!r}")
+
+
+def make_mode(
+    name: str,
+    *,
+    domain: str,
+    intensity: float | None = None,
+    data: Any = None,
+    action_repeat: int = 1,
+    image_size: int = 84,
+    camera_id: int = 0,
+) -> Mode:
+    """Build the `Mode` called `name` for `domain`.
+
+    Args:
+        name: one of `MODES`.
+        domain: DMC domain, e.g. "walker".
+        intensity: `distracting_cs` intensity, one of `DISTRACTING_CS_INTENSITIES` (others: None or 0).
+        data: `sgqn.data.DataSources` (or a mapping of its fields, or None for the embedded defaults).
+        action_repeat: physics steps per agent step; `distracting_cs` advances its dynamics per physics step.
+        image_size: rendered side; sizes `distracting_cs`'s sky texture.
+        camera_id: the rendering camera, which `distracting_cs` moves.
+    """
+    if name not in MODES:
+        raise ValueError(f"unknown mode {name!r}; valid modes: {', '.join(MODES)}")
+    level_intensity = _intensity(name, intensity)
     if name == "train":
         return Mode()
-    raise ValueError(f"unknown mode {name!r}; valid modes: {', '.join(MODES)}")
+
+    from sgqn.data.sources import DataSources  # the data stack is only needed by the test modes
+
+    sources = DataSources.coerce(data)
+    if name in ("color_easy", "color_hard"):
+        from sgqn.envs.modes.color import ColorMode
+
+        return ColorMode(name, sources.color_settings(cast(Level, name.removeprefix("color_"))))
+    if name in ("video_easy", "video_hard"):
+        from sgqn.envs.modes.video import VideoMode
+
+        level = cast(Level, name.removeprefix("video_"))
+        return VideoMode(name, sources.video_clips(level), key_floor=level == "hard")
+
+    from sgqn.envs.modes.distracting import GROUND_PLANE_ALPHA, DistractingCSMode
+
+    if domain not in GROUND_PLANE_ALPHA:
+        raise ValueError(f"distracting_cs supports domains {sorted(GROUND_PLANE_ALPHA)}, not {domain!r}")
+    assert level_intensity is not None
+    return DistractingCSMode(
+        domain,
+        level_intensity,
+        sources.davis_clips(NUM_VIDEOS[level_intensity]),
+        action_repeat=action_repeat,
+        image_size=image_size,
+        camera_id=camera_id,
+    )
 
 
-__all__ = ["MODES", "Mode", "make_mode"]
+__all__ = ["DISTRACTING_CS_INTENSITIES", "MODES", "Mode", "make_mode"]
