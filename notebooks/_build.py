@@ -153,9 +153,8 @@ EXPLORER = [
     ),
     new_code_cell(
         "module = SGQNModule.load_from_checkpoint(local, map_location='cpu').eval()\n"
-        "hparams = torch.load(local, map_location='cpu', weights_only=False)['datamodule_hyper_parameters']\n"
-        "data = DMCDataModule(**hparams)\n"
-        "env = data.make_env(mode=MODE, seed=hparams['seed'] + 123)\n"
+        "data = DMCDataModule.from_checkpoint(local)\n"
+        "env = data.make_env(mode=MODE, seed=data.hparams.seed + 123)\n"
         "policy = module.policy_module(deterministic=True)\n"
         "with torch.no_grad():\n"
         "    episode = env.rollout(1000, policy, break_when_any_done=True)\n"
@@ -166,7 +165,7 @@ EXPLORER = [
         "picks = torch.linspace(0, episode.shape[0] - 1, 6).long()\n"
         "obs = episode['pixels'][picks]\n"
         "maps = module.attribution_maps(obs, episode['action'][picks])\n"
-        "grid = saliency_grid(obs, maps['attribution'], maps['mask'], maps['masked_obs'], maps['predicted_mask'], [f't={int(t)}' for t in picks])\n"
+        "grid = saliency_grid(obs, maps['attribution'], maps['mask'], maps['masked_obs'], maps['predicted_prob'], [f't={int(t)}' for t in picks])\n"
         "fig, ax = plt.subplots(figsize=(grid.shape[1] / 50, grid.shape[0] / 50))\n"
         "ax.imshow(grid)\n"
         "ax.set_title(f'{MODE}: observation / attribution / mask / masked / predicted')\n"

@@ -14,7 +14,7 @@ def test_grid_layout_and_content() -> None:
     mask = attribution != 0
     masked = torch.where(mask, obs.float(), torch.full_like(obs.float(), 100.0))
     grid = saliency_grid(
-        obs, attribution, mask, masked, torch.zeros(n, 9, h, w), ["train", "color_hard", "video_hard"]
+        obs, attribution, mask, masked, torch.full((n, 9, h, w), 0.5), ["train", "color_hard", "video_hard"]
     )
     header = 12
     assert grid.shape == (header + len(GRID_ROWS) * h, LABEL_WIDTH + n * w, 3) and grid.dtype == np.uint8
@@ -25,7 +25,7 @@ def test_grid_layout_and_content() -> None:
     attribution_row = grid[header + h : header + 2 * h, LABEL_WIDTH : LABEL_WIDTH + w, 0]
     assert attribution_row[5, 7] == 255 and attribution_row.sum() == 255  # normalised, one pixel
     predicted_row = grid[header + 4 * h : header + 5 * h, LABEL_WIDTH:, 0]
-    assert np.all(predicted_row == 128)  # sigmoid(0) = 0.5
+    assert np.all(predicted_row == 128)  # probability 0.5
 
 
 def test_iou_identical_and_hand_made() -> None:

@@ -23,6 +23,7 @@ class SGQNCLI(LightningCLI):
         # The networks' shapes come from the env the data module builds.
         parser.link_arguments("data.observation_shape", "model.observation_shape", apply_on="instantiate")
         parser.link_arguments("data.action_dim", "model.action_dim", apply_on="instantiate")
+        parser.link_arguments("data.places_root", "model.overlay_root")  # one image source for both
         parser.add_lightning_class_args(EvaluationCallback, "eval")
         parser.add_lightning_class_args(TrainingProgress, "progress")
         parser.add_lightning_class_args(EnvStepCheckpoint, "checkpoint")

@@ -10,15 +10,21 @@ import csv
 import logging
 import math
 import statistics
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import MLFlowLogger
 from tensordict import TensorDictBase
 from torchrl.envs import EnvBase
+
+from sgqn import viz
+from sgqn.generalization import generalization_gaps, saliency_report
 
 log = logging.getLogger("sgqn.evaluation")
 EVAL_SEED_OFFSET = 1_000_000  # eval envs never share initial states with the training env
@@ -26,13 +32,35 @@ DEFAULT_MODES = ("train", "color_hard", "video_easy", "video_hard")
 
 
 @torch.no_grad()
-def episode_returns(env: EnvBase, policy: Any, episodes: int) -> list[float]:
-    """Undiscounted return of `episodes` full episodes of `policy` in `env`."""
-    returns = []
+def run_episodes(env: EnvBase, policy: Any, episodes: int) -> tuple[list[float], TensorDictBase]:
+    """Undiscounted returns of `episodes` full episodes of `policy` in `env`, and the first rollout."""
+    returns, first = [], None
     for _ in range(episodes):
         rollout: TensorDictBase = env.rollout(100_000, policy, break_when_any_done=True)
         returns.append(rollout["next", "reward"].sum().item())
-    return returns
+        first = rollout if first is None else first
+    assert first is not None, "episodes must be positive"
+    return returns, first
+
+
+def episode_returns(env: EnvBase, policy: Any, episodes: int) -> list[float]:
+    return run_episodes(env, policy, episodes)[0]
+
+
+def episode_video(
+    module: Any, rollout: TensorDictBase, path: Path, blend_mask: bool, chunk: int = 64
+) -> Path:
+    """An mp4 of the newest frame of each observation, with the critic's saliency mask tinted in."""
+    pixels = torch.cat([rollout["pixels"], rollout["next", "pixels"][-1:]])
+    frames = pixels[:, -3:].permute(0, 2, 3, 1).numpy()
+    if blend_mask:
+        actions = torch.cat([rollout["action"], rollout["action"][-1:]])
+        masks = [
+            module.attribution_maps(pixels[i : i + chunk], actions[i : i + chunk])["mask"][:, -3:].any(dim=1)
+            for i in range(0, len(pixels), chunk)
+        ]
+        frames = viz.blend_mask(frames, torch.cat(masks).numpy())
+    return viz.write_video(frames, path)
 
 
 def summarize(returns: Sequence[float]) -> tuple[float, float]:
@@ -43,11 +71,23 @@ def summarize(returns: Sequence[float]) -> tuple[float, float]:
 class EvaluationCallback(Callback):
     """Every `every_env_steps` agent steps (and at the end), evaluate in each mode and log to MLflow.
 
+    Logged per mode: `eval/<mode>/return_mean`, `_std`, and when "train" is among the modes the
+    `generalization_gap` (train return − mode return) and `saliency_iou` (mask IoU of the same physics
+    states seen in train and in the mode: 1 = the critic looks at the same pixels whatever the
+    appearance). Pictures: a saliency grid per evaluation (`saliency/step_XXXXXXXX.png`) and, every
+    `video_every_evals` evaluations, an mp4 per mode (`videos/<mode>_step_XXXXXXXX.mp4`).
+
     Args:
         every_env_steps: evaluation period in agent steps (paper: 10k); 0 disables periodic evaluation.
         episodes: episodes per mode (paper: 10 during training, 100 for final tables).
         modes: ``train`` and/or DMC-GB test modes (see `sgqn.envs.MODES`).
         at_end: also evaluate once when training ends.
+        saliency_every_evals: saliency grid + IoU every this many evaluations (0: never).
+        saliency_states: physics states compared across modes for the IoU.
+        grid_states: of those, how many appear in the grid per mode.
+        video_every_evals: eval videos every this many evaluations (0: never; off by default because
+            on a CPU the encoding and per-frame saliency cost a noticeable share of a short run).
+        video_mask: tint the critic's saliency mask into the video frames.
     """
 
     def __init__(
@@ -56,6 +96,11 @@ class EvaluationCallback(Callback):
         episodes: int = 10,
         modes: list[str] = list(DEFAULT_MODES),  # noqa: B006 (jsonargparse needs a plain default)
         at_end: bool = True,
+        saliency_every_evals: int = 1,
+        saliency_states: int = 8,
+        grid_states: int = 2,
+        video_every_evals: int = 0,
+        video_mask: bool = True,
     ) -> None:
         self.every_env_steps, self.episodes, self.modes, self.at_end = (
             every_env_steps,
@@ -63,6 +108,12 @@ class EvaluationCallback(Callback):
             modes,
             at_end,
         )
+        self.saliency_every_evals, self.saliency_states, self.grid_states = (
+            saliency_every_evals,
+            saliency_states,
+            grid_states,
+        )
+        self.video_every_evals, self.video_mask = video_every_evals, video_mask
         self._envs: dict[str, EnvBase] = {}
         self._next = every_env_steps
         self.history: list[dict[str, float]] = []
@@ -73,23 +124,73 @@ class EvaluationCallback(Callback):
             self._envs[mode] = dm.make_env(mode=mode, seed=dm.hparams.seed + EVAL_SEED_OFFSET)
         return self._envs[mode]
 
+    @staticmethod
+    def _due(every: int, count: int) -> bool:
+        return every > 0 and count % every == 0
+
     def evaluate(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, float]:
         step = trainer.datamodule.stats.env_steps  # type: ignore[attr-defined]
+        count = len(self.history)
         policy = pl_module.policy_module(deterministic=True)  # type: ignore[operator]
         metrics: dict[str, float] = {}
-        start = time.perf_counter()
         was_training = pl_module.training
         pl_module.eval()
+        start = time.perf_counter()
+        returns, rollouts = {}, {}
         for mode in self.modes:
-            mean, std = summarize(episode_returns(self._env(trainer, mode), policy, self.episodes))
-            metrics[f"eval/{mode}/return_mean"], metrics[f"eval/{mode}/return_std"] = mean, std
-        pl_module.train(was_training)
+            episode, rollouts[mode] = run_episodes(self._env(trainer, mode), policy, self.episodes)
+            returns[mode], metrics[f"eval/{mode}/return_std"] = summarize(episode)
+            metrics[f"eval/{mode}/return_mean"] = returns[mode]
         metrics["eval/seconds"] = time.perf_counter() - start
+        if "train" in returns:
+            metrics |= {
+                f"eval/{m}/generalization_gap": gap for m, gap in generalization_gaps(returns).items()
+            }
+        artifacts: list[tuple[str, Any]] = []
+        if "train" in self.modes and self._due(self.saliency_every_evals, count):
+            start = time.perf_counter()
+            report = saliency_report(
+                pl_module,
+                {mode: self._env(trainer, mode) for mode in self.modes},
+                policy,
+                frame_stack=trainer.datamodule.hparams.frame_stack,  # type: ignore[attr-defined]
+                num_states=self.saliency_states,
+                grid_states=self.grid_states,
+            )
+            metrics |= {f"eval/{m}/saliency_iou": iou for m, iou in report.iou.items()}
+            metrics |= {f"eval/{m}/mask_coverage": c for m, c in report.coverage.items()}
+            artifacts.append((f"saliency/step_{step:08d}.png", report.grid))
+            metrics["eval/saliency_seconds"] = time.perf_counter() - start
+        if self._due(self.video_every_evals, count):
+            start = time.perf_counter()
+            with tempfile.TemporaryDirectory() as tmp:
+                for mode, rollout in rollouts.items():
+                    video = episode_video(
+                        pl_module, rollout, Path(tmp) / f"{mode}_step_{step:08d}.mp4", self.video_mask
+                    )
+                    artifacts.append(("videos", video))
+                self._log_artifacts(trainer, artifacts)
+            artifacts = []
+            metrics["eval/video_seconds"] = time.perf_counter() - start
+        pl_module.train(was_training)
+        self._log_artifacts(trainer, artifacts)
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
         self.history.append({"env_steps": float(step), **metrics})
         log.info("eval at %d agent steps: %s", step, metrics)
         return metrics
+
+    @staticmethod
+    def _log_artifacts(trainer: Trainer, artifacts: list[tuple[str, Any]]) -> None:
+        """Images (name, array) and files (folder, path) into every MLflow logger's run."""
+        for logger in trainer.loggers:
+            if not isinstance(logger, MLFlowLogger):
+                continue
+            for name, item in artifacts:
+                if isinstance(item, np.ndarray):
+                    logger.experiment.log_image(logger.run_id, item, artifact_file=name)
+                else:
+                    logger.experiment.log_artifact(logger.run_id, str(item), artifact_path=name)
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -121,10 +222,9 @@ def evaluate_checkpoint(
     from sgqn.data.stream import DMCDataModule
     from sgqn.module import SGQNModule
 
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     module = SGQNModule.load_from_checkpoint(path, map_location="cpu")
     module.eval()
-    datamodule = DMCDataModule(**checkpoint.get("datamodule_hyper_parameters", {}))
+    datamodule = DMCDataModule.from_checkpoint(path)
     policy = module.policy_module(deterministic=True)
     seed = datamodule.hparams.seed + seed_offset
     return {m: episode_returns(datamodule.make_env(mode=m, seed=seed), policy, episodes) for m in modes}

@@ -11,13 +11,16 @@ saliency moves when only the appearance changes.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
+from tensordict import TensorDict
 from torchrl.envs import EnvBase
 from torchrl.envs.utils import step_mdp
 
-from sgqn.viz import mask_iou
+from sgqn.viz import mask_iou, saliency_grid
 
 
 def pixel_wrapper(env: EnvBase):
@@ -69,3 +72,51 @@ def saliency_consistency(masks: Mapping[str, torch.Tensor], reference: str = "tr
 def generalization_gaps(returns: Mapping[str, float], reference: str = "train") -> dict[str, float]:
     """Train return − mode return, for each mode other than the reference."""
     return {mode: returns[reference] - r for mode, r in returns.items() if mode != reference}
+
+
+@dataclass
+class SaliencyReport:
+    """Saliency of one critic on the same states seen in several modes."""
+
+    grid: np.ndarray  # uint8 picture: a column per (mode, state), rows as `viz.saliency_grid`
+    iou: dict[str, float]  # saliency consistency per mode (vs train)
+    coverage: dict[str, float]  # fraction of pixels in the mask, per mode
+
+
+def saliency_report(
+    module: Any,
+    envs: Mapping[str, EnvBase],
+    policy: Any,
+    *,
+    frame_stack: int,
+    num_states: int = 8,
+    grid_states: int = 2,
+    rollout_steps: int = 60,
+) -> SaliencyReport:
+    """Roll the deterministic policy in the train env, show the same states in every mode and compare
+    the critic's saliency masks. `envs` must contain "train"; `module` provides `attribution_maps`."""
+    states = collect_states(envs["train"], policy, rollout_steps)
+    indices = np.linspace(frame_stack, len(states) - 1, num_states).round().astype(int).tolist()
+    observations = same_state_observations(envs, states, indices, frame_stack)
+    with torch.no_grad():
+        actions = policy(TensorDict({"pixels": observations["train"]}, batch_size=[len(indices)]))["action"]
+    maps = {mode: module.attribution_maps(obs, actions) for mode, obs in observations.items()}
+    masks = {mode: m["mask"] for mode, m in maps.items()}
+    columns = {key: [] for key in ("obs", "attribution", "mask", "masked_obs", "predicted_prob")}
+    labels = []
+    for mode, m in maps.items():
+        for key in columns:
+            source = observations[mode] if key == "obs" else m[key]
+            columns[key].append(None if source is None else source[:grid_states])
+        labels += [mode] * min(grid_states, len(indices))
+    stacked = {k: (None if v[0] is None else torch.cat(v)) for k, v in columns.items()}
+    grid = saliency_grid(
+        stacked["obs"],
+        stacked["attribution"],
+        stacked["mask"],
+        stacked["masked_obs"],
+        stacked["predicted_prob"],
+        labels,
+    )
+    coverage = {mode: mask.float().mean().item() for mode, mask in masks.items()}
+    return SaliencyReport(grid, saliency_consistency(masks), coverage)

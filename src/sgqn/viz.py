@@ -46,7 +46,7 @@ def saliency_grid(
     attribution: torch.Tensor,
     mask: torch.Tensor,
     masked_obs: torch.Tensor,
-    predicted_logits: torch.Tensor | None = None,
+    predicted: torch.Tensor | None = None,
     column_labels: Sequence[str] | None = None,
 ) -> np.ndarray:
     """One image: a column per observation, rows observation | attribution | mask | masked | predicted.
@@ -56,7 +56,7 @@ def saliency_grid(
         attribution: guided-backprop attribution, same shape.
         mask: binary saliency mask at ρ, same shape.
         masked_obs: the observation with non-salient pixels greyed out, same shape.
-        predicted_logits: the attribution predictor's logits, same shape (row left black if None).
+        predicted: the attribution predictor's probabilities, same shape (row left black if None).
         column_labels: a caption per column (e.g. the test mode).
 
     Returns:
@@ -68,8 +68,8 @@ def saliency_grid(
         _grey(normalised_attribution(attribution)),
         _grey(newest_frame(mask).float().amax(dim=1)),
         _to_rgb_uint8(newest_frame(masked_obs)),
-        _grey(torch.sigmoid(newest_frame(predicted_logits).float()).mean(dim=1))
-        if predicted_logits is not None
+        _grey(newest_frame(predicted).float().mean(dim=1))
+        if predicted is not None
         else np.zeros((n, height, width, 3), np.uint8),
     ]
     header = 12 if column_labels else 0

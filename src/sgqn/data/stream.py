@@ -20,6 +20,7 @@ from torchrl.collectors import Collector
 from torchrl.envs import EnvBase, StepCounter
 
 from sgqn.data.replay import FrameReplay
+from sgqn.data.sources import DataSources
 from sgqn.envs import make_env
 
 
@@ -124,6 +125,10 @@ class DMCDataModule(L.LightningDataModule):
         replay_capacity: transitions kept in replay (default: the whole run); checked against free RAM.
         frames_per_batch: agent steps per collector iteration (1 keeps the reference's
             one-update-per-step interleaving exact).
+        dmcgb_root: a DMC-GB data folder (`color_*.pt`, `video_easy/`, `video_hard/`) for the test
+            modes; ``None`` = the embedded default (see docs/data.md).
+        davis_root: a DAVIS 2017 folder (`JPEGImages/480p/<video>/`) for ``distracting_cs``.
+        places_root: Places365 (or any image folder) for the overlay augmentation of SVEA / SGQN.
     """
 
     def __init__(
@@ -140,6 +145,9 @@ class DMCDataModule(L.LightningDataModule):
         batch_size: int = 128,
         replay_capacity: int | None = None,
         frames_per_batch: int = 1,
+        dmcgb_root: str | None = None,
+        davis_root: str | None = None,
+        places_root: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -159,9 +167,13 @@ class DMCDataModule(L.LightningDataModule):
         saved = torch.load(path, map_location="cpu", weights_only=False)["datamodule_hyper_parameters"]
         return cls(**{k: v for k, v in saved.items() if not k.startswith("_")} | overrides)
 
-    def make_env(self, mode: str = "train", seed: int | None = None, **mode_kwargs: Any) -> EnvBase:
-        """This data module's env settings in any mode (evaluation builds its envs here too)."""
+    def make_env(self, mode: str = "train", seed: int | None = None) -> EnvBase:
+        """This data module's env settings in any mode (evaluation builds its envs here too).
+
+        `mode` is a name from `sgqn.envs.MODES`, or ``distracting_cs@<intensity>``.
+        """
         hp = self.hparams
+        name, _, intensity = mode.partition("@")
         return make_env(
             hp.task,
             action_repeat=hp.action_repeat,
@@ -169,8 +181,9 @@ class DMCDataModule(L.LightningDataModule):
             image_size=hp.image_size,
             render_quality=hp.render_quality,
             seed=hp.seed if seed is None else seed,
-            mode=mode,
-            **mode_kwargs,
+            mode=name,
+            intensity=float(intensity) if intensity else None,
+            data=DataSources(hp.dmcgb_root, hp.davis_root, hp.places_root),
         )
 
     def build(self, policy: Callable[[TensorDictBase], TensorDictBase]) -> EnvStream:

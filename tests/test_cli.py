@@ -1,0 +1,90 @@
+"""End to end: `sgqn fit` on the tiny config writes an MLflow run; `sgqn evaluate` tables a checkpoint."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from mlflow import MlflowClient
+
+from sgqn.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _artifacts(client: MlflowClient, run_id: str, path: str = "") -> list[str]:
+    out = []
+    for item in client.list_artifacts(run_id, path):
+        out += _artifacts(client, run_id, item.path) if item.is_dir else [item.path]
+    return out
+
+
+def test_fit_then_evaluate(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    main(
+        [
+            "fit",
+            "-c",
+            str(REPO / "conf" / "tiny.yaml"),
+            "--trainer.logger.init_args.tracking_uri",
+            uri,
+            "--trainer.default_root_dir",
+            str(tmp_path / "outputs"),
+        ]
+    )
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    metrics, params = run.data.metrics, run.data.params
+    for key in [
+        "train/loss_critic",
+        "train/loss_actor",
+        "train/alpha",
+        "train/entropy",
+        "train/q1_mean",
+        "train/mask_coverage",
+        "train/loss_consistency",
+        "train/loss_attribution",
+        "train/episode_return",
+        "env/fps",
+        "train/updates_per_s",
+        "eval/train/return_mean",
+        "eval/color_hard/return_mean",
+        "eval/color_hard/generalization_gap",
+        "eval/color_hard/saliency_iou",
+    ]:
+        assert key in metrics, key
+    assert metrics["env/steps"] == 200 and metrics["train/updates"] == 200
+    assert (
+        params["algorithm"] == "sgqn"
+        and params["task"] == "cartpole_balance"
+        and params["quantile"] == "0.98"
+    )
+    history = client.get_metric_history(run.info.run_id, "eval/train/return_mean")
+    assert [m.step for m in history] == [100, 200]
+    artifacts = _artifacts(client, run.info.run_id)
+    assert "config.yaml" in artifacts
+    assert {"saliency/step_00000100.png", "saliency/step_00000200.png"} <= set(artifacts)
+    assert {"videos/train_step_00000100.mp4", "videos/color_hard_step_00000100.mp4"} <= set(artifacts)
+    assert any(a.endswith("last.ckpt") for a in artifacts)
+
+    (checkpoint,) = (tmp_path / "outputs").rglob("env_steps=200.ckpt")
+    second_seed = tmp_path / "seed1.ckpt"  # stands in for another seed's checkpoint
+    shutil.copy(checkpoint, second_seed)
+    out = tmp_path / "results"
+    main(
+        [
+            "evaluate",
+            "--ckpt",
+            str(checkpoint),
+            str(second_seed),
+            "--modes",
+            "train",
+            "--episodes",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
+    table = (out / "results.md").read_text()
+    assert "| train |" in table and "| 2 | 2 |" in table  # two "seeds", one episode each
+    assert "evaluation/results.csv" in _artifacts(client, run.info.run_id)
