@@ -25,9 +25,9 @@ def test_specs_and_observation_layout() -> None:
 
 def test_renders_once_per_agent_step() -> None:
     env = make_env("walker_walk", seed=0, action_repeat=4, image_size=SMALL)
-    physics = _physics(env)
+    physics, camera = _physics(env), env.base_env._env._camera
     calls = {"render": 0, "step": 0}
-    render, step = physics.render, physics.step
+    render, step = camera.render, physics.step
 
     def counting_render(*args, **kwargs):
         calls["render"] += 1
@@ -37,7 +37,7 @@ def test_renders_once_per_agent_step() -> None:
         calls["step"] += 1
         return step(*args, **kwargs)
 
-    physics.render, physics.step = counting_render, counting_step
+    camera.render, physics.step = counting_render, counting_step
     td = env.reset()
     assert calls == {"render": 1, "step": 0}
     for _ in range(10):
@@ -120,6 +120,13 @@ def test_task_table() -> None:
         "ball_in_cup_catch",
     } <= set(TASKS)
     assert {"finger_spin", "cheetah_run", "reacher_easy"} <= set(TASKS)
+
+
+def test_cached_camera_renders_what_physics_render_does() -> None:
+    env = make_env("walker_walk", seed=0, image_size=SMALL)
+    td = env.rollout(3)
+    frame = td["next", "pixels"][-1, -3:].permute(1, 2, 0).numpy()
+    assert np.array_equal(frame, _physics(env).render(SMALL, SMALL, camera_id=0))
 
 
 def test_fast_render_is_close_to_reference() -> None:
