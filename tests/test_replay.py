@@ -113,3 +113,13 @@ def test_state_dict_round_trip() -> None:
     torch.manual_seed(0)
     b = restored.sample()
     assert torch.equal(a["pixels"], b["pixels"]) and torch.equal(a["action"], b["action"])
+
+
+def test_gather_storage_reads_like_tensordict_indexing() -> None:
+    replay = make(capacity=100)
+    replay.extend(synthetic_stream(episodes=2))
+    storage = replay.buffer.storage
+    windows, _ = replay.buffer.sampler.sample(storage, 32)
+    fast, reference = storage.get(windows), storage._storage[windows]
+    assert fast.batch_size == reference.batch_size == windows.shape
+    assert (fast == reference).all()

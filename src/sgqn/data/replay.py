@@ -84,6 +84,23 @@ class FrameStackSampler(Sampler):
         self._offsets = torch.arange(-self.frame_stack + 1, 2)
 
 
+class GatherStorage(LazyTensorStorage):
+    """`LazyTensorStorage` whose reads by an index tensor use `index_select` on each field.
+
+    PyTorch's advanced indexing (what TensorDict indexing does) copies a uint8 frame batch element by
+    element: ~12 ms for a batch of 128 windows of 84×84 frames on a 2-core CPU, against ~1 ms for
+    `index_select`'s row copies. Same values (pinned by a test).
+    """
+
+    def get(self, index: Any) -> Any:
+        if not (isinstance(index, torch.Tensor) and index.dtype == torch.long and self.initialized):
+            return super().get(index)
+        flat = index.reshape(-1)
+        return self._storage.apply(
+            lambda t: t.index_select(0, flat).unflatten(0, index.shape), batch_size=index.shape
+        )
+
+
 class StackFrames(Transform):
     """Turn sampled `[batch, frame_stack + 1]` row windows into TorchRL transitions."""
 
@@ -184,7 +201,7 @@ class FrameReplay:
     ) -> None:
         check_capacity_fits(capacity, frame_shape, action_dim)
         self.buffer = TensorDictReplayBuffer(
-            storage=LazyTensorStorage(capacity),
+            storage=GatherStorage(capacity),
             sampler=FrameStackSampler(frame_stack),
             transform=StackFrames(frame_stack),
             batch_size=batch_size,
