@@ -1,0 +1,341 @@
+"""`SGQNModule`: the SAC / SVEA / SGQN learner as a LightningModule with manual optimisation.
+
+One `training_step` = one agent update, in the reference order (SVEA / SGQN code bases):
+
+    augment → critic (+ SVEA overlay term | + SGQN consistency term) → [SGQN aux step: saliency of the
+    updated critic] → [actor + temperature] → [target soft update] → [SGQN aux step: attribution predictor]
+
+with the bracketed steps every `*_update_freq` updates, counted by the `update_step` buffer (saved in
+checkpoints; Lightning's `global_step` counts optimizer steps, several per update).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import platform
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from tensordict import TensorDictBase
+from tensordict.nn import TensorDictModule
+from torch import Tensor, nn
+
+from sgqn.nets import Actor, AttributionDecoder, Critic, Encoder, squashed_gaussian_sample
+from sgqn.objectives import SACLoss, SGQNLoss, SVEALoss
+from sgqn.saliency import attribution_mask, guided_backprop
+
+log = logging.getLogger(__name__)
+
+Algorithm = Literal["sac", "svea", "sgqn"]
+
+
+def tune_cpu_malloc() -> bool:
+    """Keep freed memory in glibc's heap instead of returning it to the OS after every large tensor.
+
+    glibc serves allocations above its mmap threshold (≤ 32 MB) with fresh mmaps, and a fresh mmap
+    page-faults on first touch: a batch of 128 × 84² activations then costs more in page faults than in
+    convolutions (×3-4 per update on a 2-core VM). Disabling mmap allocation and trimming keeps them
+    reused. Process-wide, idempotent; returns False where it does not apply (non-glibc).
+    """
+    if platform.system() != "Linux":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_max = -1, -4
+        return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+    except (OSError, AttributeError):
+        return False
+
+
+class _Policy(nn.Module):
+    """Pixels `[..., C, H, W]` (uint8 or float, any leading batch dims, or none) → action `[..., A]`."""
+
+    def __init__(self, actor: Actor, deterministic: bool) -> None:
+        super().__init__()
+        self.actor, self.deterministic = actor, deterministic
+
+    @torch.no_grad()
+    def forward(self, pixels: Tensor) -> Tensor:
+        batch_shape = pixels.shape[:-3]
+        mean, log_std = self.actor(pixels.reshape(-1, *pixels.shape[-3:]))
+        action = torch.tanh(mean) if self.deterministic else squashed_gaussian_sample(mean, log_std)[0]
+        return action.reshape(*batch_shape, action.shape[-1])
+
+
+class SGQNModule(L.LightningModule):
+    """SAC (DrQ random shift), SVEA or SGQN on stacked pixel frames.
+
+    Batch (a TensorDict, TorchRL keys): "pixels" uint8 `[B, C, H, W]`, "action" `[B, A]`,
+    ("next", "pixels"), ("next", "reward") `[B, 1]`, ("next", "terminated") bool `[B, 1]`.
+
+    Args:
+        algorithm: "sac" (SAC + DrQ shift), "svea" (+ overlay-augmented critic) or "sgqn".
+        observation_shape: (C, H, W) of the stacked frames, C = 3 × frames.
+        action_dim: |A|.
+        num_conv_layers: conv layers of the shared encoder (11 in the paper).
+        num_filters: channels of each conv layer (32).
+        feature_dim: width of the actor's and critic's projections (100).
+        hidden_dim: width of the actor and Q MLPs (1024).
+        discount: γ (0.99).
+        actor_lr: Adam learning rate of the actor (1e-3).
+        actor_beta: Adam β1 of the actor (0.9).
+        critic_lr: Adam learning rate of the critic, encoder included (1e-3).
+        critic_beta: Adam β1 of the critic (0.9).
+        alpha_lr: Adam learning rate of log α (1e-4).
+        alpha_beta: Adam β1 of log α (0.5).
+        init_temperature: initial α (0.1); the entropy target is −|A|.
+        actor_update_freq: actor and temperature step every this many updates (2).
+        critic_target_update_freq: target soft update every this many updates (2).
+        critic_tau: Polyak rate of the target Q heads (0.01).
+        encoder_tau: Polyak rate of the target convs and critic projection (0.05; the reference's
+            `critic.encoder` includes the projection).
+        actor_log_std_min: lower bound of the policy's log σ (−10).
+        actor_log_std_max: upper bound of the policy's log σ (2).
+        shift_pad: DrQ random-shift padding (4; 0 disables the shift).
+        quantile: SGQN's ρ (0.95; 0.98 for cartpole and ball_in_cup). Also used by `attribution_maps`.
+        aux_lr: Adam learning rate of the attribution predictor, shared encoder included (3e-4).
+        aux_beta: Adam β1 of the attribution predictor (0.9).
+        aux_update_freq: attribution-predictor step every this many updates (2).
+        consistency_weight: SGQN's λ on the consistency term (0.5).
+        subpixel_decoder: run the attribution decoder's upsample + conv pairs in sub-pixel form: the same
+            parameters, function and gradients up to float rounding, ~4× faster on CPU (False = the
+            reference's literal upsample-then-conv).
+        svea_alpha: SVEA weight of the clean TD loss (0.5).
+        svea_beta: SVEA weight of the overlay TD loss (0.5).
+        overlay_root: Places365 (or any image folder) for the overlay; None = the embedded images.
+        channels_last: the encoder's convs in channels-last memory format (speed; same maths).
+        autocast_bf16: convs under CPU bf16 autocast; losses and optimizers stay fp32 (speed on CPUs with
+            native bf16 — AMX / AVX512-BF16 — and much slower on others; changes numerics).
+        compile: `torch.compile` the no-grad forwards (TD target, the actor step's conv features): speed;
+            same maths (the target's policy noise comes from inductor's RNG stream instead).
+        tune_malloc: call `tune_cpu_malloc()` at setup (process-wide; large speed-up on CPU).
+    """
+
+    def __init__(
+        self,
+        algorithm: Algorithm = "sgqn",
+        observation_shape: tuple[int, int, int] = (9, 84, 84),
+        action_dim: int = 6,
+        num_conv_layers: int = 11,
+        num_filters: int = 32,
+        feature_dim: int = 100,
+        hidden_dim: int = 1024,
+        discount: float = 0.99,
+        actor_lr: float = 1e-3,
+        actor_beta: float = 0.9,
+        critic_lr: float = 1e-3,
+        critic_beta: float = 0.9,
+        alpha_lr: float = 1e-4,
+        alpha_beta: float = 0.5,
+        init_temperature: float = 0.1,
+        actor_update_freq: int = 2,
+        critic_target_update_freq: int = 2,
+        critic_tau: float = 0.01,
+        encoder_tau: float = 0.05,
+        actor_log_std_min: float = -10.0,
+        actor_log_std_max: float = 2.0,
+        shift_pad: int = 4,
+        quantile: float = 0.95,
+        aux_lr: float = 3e-4,
+        aux_beta: float = 0.9,
+        aux_update_freq: int = 2,
+        consistency_weight: float = 0.5,
+        subpixel_decoder: bool = True,
+        svea_alpha: float = 0.5,
+        svea_beta: float = 0.5,
+        overlay_root: str | None = None,
+        channels_last: bool = False,
+        autocast_bf16: bool = False,
+        compile: bool = False,
+        tune_malloc: bool = True,
+    ) -> None:
+        super().__init__()
+        if algorithm not in ("sac", "svea", "sgqn"):
+            raise ValueError(f"unknown algorithm {algorithm!r}")
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        obs_shape = (int(observation_shape[0]), int(observation_shape[1]), int(observation_shape[2]))
+        fast = dict(channels_last=channels_last, autocast_bf16=autocast_bf16)
+        encoder = Encoder(obs_shape, num_conv_layers, num_filters, **fast)
+        actor = Actor(encoder, action_dim, feature_dim, hidden_dim, actor_log_std_min, actor_log_std_max)
+        critic = Critic(encoder, action_dim, feature_dim, hidden_dim)
+        sac_kwargs: dict[str, Any] = dict(
+            discount=discount,
+            init_temperature=init_temperature,
+            critic_tau=critic_tau,
+            encoder_tau=encoder_tau,
+            shift_pad=shift_pad,
+        )
+        self.loss: SACLoss
+        if algorithm == "sac":
+            self.loss = SACLoss(actor, critic, **sac_kwargs)
+        elif algorithm == "svea":
+            self.loss = SVEALoss(actor, critic, svea_alpha=svea_alpha, svea_beta=svea_beta, **sac_kwargs)
+        else:
+            # The decoder stays NCHW: channels-last measured slower for it on CPU (faster for the encoder).
+            decoder = AttributionDecoder(
+                action_dim, feature_dim, obs_shape, subpixel=subpixel_decoder, autocast_bf16=autocast_bf16
+            )
+            self.loss = SGQNLoss(
+                actor,
+                critic,
+                decoder,
+                quantile=quantile,
+                consistency_weight=consistency_weight,
+                **sac_kwargs,
+            )
+        self.update_step: Tensor
+        self.register_buffer("update_step", torch.zeros((), dtype=torch.long))
+        if compile:
+            self._compile_pure_parts()
+
+    # The networks live in the loss module (one copy in checkpoints: "loss.actor.*", "loss.critic.*").
+    @property
+    def actor(self) -> Actor:
+        return self.loss.actor
+
+    @property
+    def critic(self) -> Critic:
+        return self.loss.critic
+
+    # ------------------------------------------------------------------ setup
+
+    @property
+    def uses_overlay(self) -> bool:
+        return isinstance(self.loss, SVEALoss | SGQNLoss)
+
+    def set_overlay_images(self, images: Tensor) -> None:
+        """Inject the overlay image bank (uint8 `[N, 3, H, W]`) instead of loading it at setup."""
+        self.loss.overlay.set_images(images)  # type: ignore[operator]
+
+    def setup(self, stage: str) -> None:
+        hp: Any = self.hparams
+        if hp.tune_malloc and tune_cpu_malloc():
+            log.info("glibc malloc tuned: no mmap'd allocations, no trimming")
+        if self.uses_overlay and self.loss.overlay.images is None:  # type: ignore[union-attr]
+            from sgqn.data.sources import load_overlay_images  # lazy: the data side is heavy to import
+
+            self.set_overlay_images(load_overlay_images(hp.overlay_root, hp.observation_shape[-1]))
+
+    def _compile_pure_parts(self) -> None:
+        # Only the no-grad forwards: there inductor fuses each conv with its ReLU (~25% faster encoder
+        # forward on CPU). Compiled training forwards/backwards measured no faster (the decoder slower),
+        # and a compiled region would freeze the GuidedReLUs to the ordinary rule.
+        loss = self.loss
+        loss.target_value = torch.compile(loss.target_value, dynamic=False)  # type: ignore[method-assign]
+        loss.conv_features = torch.compile(loss.conv_features, dynamic=False)  # type: ignore[method-assign]
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        hp: Any = self.hparams
+        adam = torch.optim.Adam
+        optimizers: list[torch.optim.Optimizer] = [
+            adam(self.critic.parameters(), lr=hp.critic_lr, betas=(hp.critic_beta, 0.999)),
+            # The actor's optimizer leaves the shared encoder out: only the critic (and SGQN's aux) train it.
+            adam(self.actor.own_parameters(), lr=hp.actor_lr, betas=(hp.actor_beta, 0.999)),
+            adam([self.loss.log_alpha], lr=hp.alpha_lr, betas=(hp.alpha_beta, 0.999)),
+        ]
+        if isinstance(self.loss, SGQNLoss):
+            predictor = [
+                *self.critic.encoder.parameters(),
+                *self.critic.projection.parameters(),
+                *self.loss.guidance.decoder.parameters(),
+            ]
+            optimizers.append(adam(predictor, lr=hp.aux_lr, betas=(hp.aux_beta, 0.999)))
+        return optimizers
+
+    # ------------------------------------------------------------------ training
+
+    def _optimize(self, optimizer: Any, loss: Tensor) -> None:
+        """zero_grad → backward into this optimizer's parameters only → step."""
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss, inputs=[p for group in optimizer.param_groups for p in group["params"]])
+        optimizer.step()
+
+    def training_step(self, batch: TensorDictBase, batch_idx: int) -> None:
+        hp: Any = self.hparams
+        loss = self.loss
+        step = int(self.update_step)
+        self.update_step += 1
+        critic_opt, actor_opt, alpha_opt, *aux_opt = self.optimizers()  # type: ignore[misc, attr-defined]
+        keys = loss.tensor_keys
+        action = batch.get(keys.action)
+
+        obs, next_obs = loss.augment(batch)
+
+        target_q = loss.target_value(next_obs, batch.get(keys.reward), batch.get(keys.terminated))
+        loss_critic, metrics = loss.critic_loss(obs, action, target_q)
+        self._optimize(critic_opt, loss_critic)
+        metrics["target_q_mean"] = target_q.mean()
+
+        # SGQN aux step: the saliency of the UPDATED critic, which the attribution predictor learns.
+        # Its forward already holds the shared conv features of obs under the current weights: the
+        # actor step reads them instead of encoding obs again.
+        saliency = None
+        if isinstance(loss, SGQNLoss) and step % hp.aux_update_freq == 0:
+            saliency = loss.guidance.saliency(obs, action)
+
+        if step % hp.actor_update_freq == 0:
+            features = saliency.features.detach() if saliency is not None else loss.conv_features(obs)
+            loss_actor, actor_metrics = loss.actor_loss(features)
+            self._optimize(actor_opt, loss_actor)
+            loss_alpha, alpha_metrics = loss.alpha_loss(actor_metrics.pop("log_prob"))
+            self._optimize(alpha_opt, loss_alpha)
+            metrics |= actor_metrics | alpha_metrics
+
+        if step % hp.critic_target_update_freq == 0:
+            loss.target_critic.update(self.critic)
+
+        if saliency is not None:
+            loss_attribution, aux_metrics = loss.attribution_loss(obs, action, saliency.mask)  # type: ignore[attr-defined]
+            self._optimize(aux_opt[0], loss_attribution)
+            metrics |= aux_metrics
+
+        self.log_dict(
+            {f"train/{k}": v for k, v in metrics.items()}, on_step=True, on_epoch=False, batch_size=len(obs)
+        )
+
+    # ------------------------------------------------------------------ acting and inspection
+
+    def policy_module(self, deterministic: bool) -> TensorDictModule:
+        """TorchRL policy "pixels" → "action" sharing the actor's parameters (no grad).
+
+        Samples from the policy for exploration; tanh(mean) when `deterministic` (evaluation).
+        """
+        return TensorDictModule(_Policy(self.actor, deterministic), in_keys=["pixels"], out_keys=["action"])
+
+    def attribution_maps(self, obs: Tensor, action: Tensor | None = None) -> dict[str, Tensor | None]:
+        """Saliency of the current critic for visualisation; no optimizer state or gradient is touched.
+
+        Args:
+            obs: uint8 (or float in [0, 255]) `[B, C, H, W]` or `[C, H, W]`.
+            action: `[B, A]`; None → the deterministic policy's action.
+
+        Returns a dict of `[B, C, H, W]` tensors: "attribution" (guided backprop of Q1), "mask" (bool,
+        quantile ρ), "masked_obs" (obs · mask, zeros elsewhere), "predicted_mask" (bool, sigmoid > 0.5 of the
+        attribution predictor; None without SGQN) and "predicted_prob" (its sigmoid; None without SGQN).
+        """
+        unbatched = obs.dim() == 3
+        obs = (obs[None] if unbatched else obs).float()
+        with torch.no_grad():
+            if action is None:
+                action = torch.tanh(self.actor(obs)[0])
+            action = action.reshape(obs.shape[0], -1).float()
+        attribution = guided_backprop(self.critic, obs, action)
+        mask = attribution_mask(attribution, self.hparams["quantile"])
+        prob = None
+        if isinstance(self.loss, SGQNLoss):
+            with torch.no_grad():
+                prob = torch.sigmoid(self.loss.guidance.predict(obs, action))
+        out = {
+            "attribution": attribution,
+            "mask": mask,
+            "masked_obs": obs * mask,
+            "predicted_mask": None if prob is None else prob > 0.5,
+            "predicted_prob": prob,
+        }
+        return {k: (v[0] if unbatched and v is not None else v) for k, v in out.items()}
+
+
+__all__ = ["Algorithm", "SGQNModule", "tune_cpu_malloc"]

@@ -1,0 +1,157 @@
+"""SGQN (Bertoin et al., NeurIPS 2022): saliency-guided Q-networks.
+
+On top of an agent's critic loss, two self-supervised objectives built on the critic's own saliency:
+
+    M(s, a)   = attribution_mask(guided_backprop(Q1, s, a), ρ)            (saliency.py)
+    L_cons    = λ · [ (Q1(s, a) − Q1(s ⊙ M, a))² + (Q2(s, a) − Q2(s ⊙ M, a))² ]   trains the critic
+    L_attr    = BCE( decoder(φ(overlay(s)), a), M(s, a) )                 trains encoder φ + decoder
+
+The consistency term uses the mask of the critic before its update; the attribution predictor learns the
+mask of the critic after it (reference order). `SaliencyGuidance` is the component that attaches both to
+any critic-based agent; `SGQNLoss` attaches it to SAC.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from tensordict import TensorDict, TensorDictBase
+from torch import Tensor, nn
+
+from sgqn.augment import Overlay
+from sgqn.nets import Actor, AttributionDecoder, Critic
+from sgqn.objectives.sac import Metrics, SACLoss
+from sgqn.saliency import attribution_mask, guided_grad, masked_observation
+
+
+@dataclass
+class Saliency:
+    """One critic forward on `obs` and what guided backprop made of it."""
+
+    attribution: Tensor  # guided ∂Q1/∂obs, [B, C, H, W]
+    mask: Tensor  # M_ρ, bool [B, C, H, W]
+    q1: Tensor  # Q1(obs, a), [B, 1] (graph kept when asked, for the critic's loss)
+    q2: Tensor
+    features: Tensor  # the shared encoder's conv features of obs (what the actor reads, detached)
+
+
+class SaliencyGuidance(nn.Module):
+    """SGQN's consistency and attribution objectives for a critic `critic(obs, a) -> (q1, q2)`.
+
+    Args:
+        critic: the online critic (with `encoder`, `projection`, `heads`).
+        decoder: the attribution decoder; the predictor is critic encoder → critic projection → decoder.
+        quantile: ρ, the attribution quantile a pixel must reach to be salient (0.95; 0.98 for cartpole
+            and ball_in_cup).
+        consistency_weight: λ, weight of the consistency term in the critic loss (0.5).
+        frames: stacked frames in the observation (3); the mask is per frame.
+    """
+
+    def __init__(
+        self,
+        critic: Critic,
+        decoder: AttributionDecoder,
+        quantile: float = 0.95,
+        consistency_weight: float = 0.5,
+        frames: int = 3,
+    ) -> None:
+        super().__init__()
+        self.critic, self.decoder = critic, decoder
+        self.quantile, self.consistency_weight, self.frames = quantile, consistency_weight, frames
+
+    def saliency(self, obs: Tensor, action: Tensor, keep_graph: bool = False) -> Saliency:
+        """One critic forward on `obs` → Q values, conv features and the guided-backprop mask.
+
+        `keep_graph=True` keeps the forward so the Q values also feed the critic's loss (no second
+        forward); otherwise the graph is freed after the attribution.
+        """
+        obs = obs.detach().requires_grad_()
+        with torch.enable_grad():
+            features = self.critic.encoder(obs)
+            q1, q2 = self.critic.heads(features, action.detach())
+            attribution = guided_grad(q1, obs, retain_graph=keep_graph)
+        mask = attribution_mask(attribution, self.quantile, self.frames)
+        return Saliency(attribution, mask, q1, q2, features)
+
+    def consistency_loss(
+        self, obs: Tensor, action: Tensor, saliency: Saliency | None = None
+    ) -> tuple[Tensor, Metrics]:
+        """λ [MSE(Q1(s), Q1(s ⊙ M)) + MSE(Q2(s), Q2(s ⊙ M))]; both sides train the critic.
+
+        Pass the `saliency(obs, action, keep_graph=True)` of the same critic to reuse its forward.
+        """
+        if saliency is None:
+            saliency = self.saliency(obs, action, keep_graph=True)
+        masked_q1, masked_q2 = self.critic(masked_observation(obs, saliency.mask), action)
+        loss = F.mse_loss(saliency.q1, masked_q1) + F.mse_loss(saliency.q2, masked_q2)
+        loss = self.consistency_weight * loss
+        return loss, {"loss_consistency": loss.detach(), "mask_coverage": saliency.mask.float().mean()}
+
+    def predict(self, obs: Tensor, action: Tensor) -> Tensor:
+        """Logits of the predicted saliency mask, `[B, C, H, W]` (trains the encoder and the projection)."""
+        return self.decoder(self.critic.projection(self.critic.encoder(obs)), action.detach())
+
+    def attribution_loss(self, overlay_obs: Tensor, action: Tensor, mask: Tensor) -> tuple[Tensor, Metrics]:
+        """BCE-with-logits of the mask predicted from the overlay-augmented observation vs `mask`."""
+        loss = F.binary_cross_entropy_with_logits(self.predict(overlay_obs, action), mask.float())
+        return loss, {"loss_attribution": loss.detach()}
+
+
+class SGQNLoss(SACLoss):
+    """SAC + `SaliencyGuidance` (the reference `SGSAC`). The critic loss is TD + λ·consistency, from ONE
+    forward of the critic on the shifted observations; `attribution_loss` trains the attribution predictor
+    on overlay-augmented observations (SVEA's overlay).
+
+    Args:
+        actor, critic: as `SACLoss`.
+        decoder: the `AttributionDecoder`.
+        quantile: ρ (0.95).
+        consistency_weight: λ (0.5).
+        overlay_images: uint8 `[N, 3, H, W]` natural images for the overlay (or None, and
+            `overlay.set_images(...)` later).
+        overlay_alpha: overlay blend weight (0.5).
+        **sac_kwargs: `SACLoss` hyper-parameters.
+    """
+
+    def __init__(
+        self,
+        actor: Actor,
+        critic: Critic,
+        decoder: AttributionDecoder,
+        *,
+        quantile: float = 0.95,
+        consistency_weight: float = 0.5,
+        overlay_images: Tensor | None = None,
+        overlay_alpha: float = 0.5,
+        **sac_kwargs: float,
+    ) -> None:
+        super().__init__(actor, critic, **sac_kwargs)  # type: ignore[arg-type]
+        self.overlay = Overlay(overlay_images, overlay_alpha)
+        self.guidance = SaliencyGuidance(critic, decoder, quantile, consistency_weight)
+
+    def critic_terms(self, obs: Tensor, action: Tensor, target_q: Tensor) -> tuple[Metrics, Metrics]:
+        saliency = self.guidance.saliency(obs, action, keep_graph=True)
+        loss_consistency, metrics = self.guidance.consistency_loss(obs, action, saliency)
+        terms = {
+            "loss_critic": self.td_loss(saliency.q1, saliency.q2, target_q),
+            "loss_consistency": loss_consistency,
+        }
+        return terms, {"q1_mean": saliency.q1.detach().mean(), "mask_coverage": metrics["mask_coverage"]}
+
+    def attribution_loss(
+        self, obs: Tensor, action: Tensor, mask: Tensor | None = None
+    ) -> tuple[Tensor, Metrics]:
+        """L_attr on `overlay(obs)`; `mask` defaults to the current critic's saliency mask of `obs`."""
+        if mask is None:
+            mask = self.guidance.saliency(obs, action).mask
+        return self.guidance.attribution_loss(self.overlay(obs), action, mask)
+
+    def forward(self, td: TensorDictBase) -> TensorDictBase:
+        obs, action, out = self._batch_losses(td)
+        loss_attribution, metrics = self.attribution_loss(obs, action)
+        return TensorDict({**out, **metrics, "loss_attribution": loss_attribution}, batch_size=[])
+
+
+__all__ = ["SGQNLoss", "Saliency", "SaliencyGuidance"]

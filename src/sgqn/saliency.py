@@ -1,0 +1,121 @@
+"""Saliency of a critic: guided backprop of Q1 w.r.t. the pixels, and the masks SGQN builds from it.
+
+Bertoin et al. (2022), §3: the attribution of Q(s, a) is guided backpropagation (Springenberg et al. 2015)
+of Q1 to the input pixels; M_ρ(s, a) keeps the pixels whose attribution reaches the ρ-quantile (per
+sample and per stacked frame); s ⊙ M_ρ replaces the other pixels by one random grey level.
+
+Guided backprop changes only the backward rule of the ReLUs: a gradient passes where the ReLU's input was
+positive AND the incoming gradient is positive. `GuidedReLU` records a forward that either rule can
+back-propagate, chosen when the backward runs (`guided_backward()`), so a single critic forward serves
+both the attribution (guided rule, to the pixels) and the critic's loss (ordinary rule, to the weights).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+
+
+class _Rule:
+    guided = False  # read when a backward runs, not when the forward ran
+
+
+@contextlib.contextmanager
+def guided_backward() -> Iterator[None]:
+    """Backward passes run inside this context use the guided rule at every `GuidedReLU`."""
+    previous, _Rule.guided = _Rule.guided, True
+    try:
+        yield
+    finally:
+        _Rule.guided = previous
+
+
+class _SwitchableReLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        out = torch.relu(x)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        (out,) = ctx.saved_tensors
+        if _Rule.guided:
+            grad = grad.clamp(min=0)
+        return torch.ops.aten.threshold_backward(grad, out, 0)
+
+
+class GuidedReLU(nn.ReLU):
+    """`nn.ReLU` (so captum and hooks still see a ReLU) whose backward may follow the guided rule.
+
+    No-grad forwards and compiled regions use the plain ReLU: neither is ever back-propagated with the
+    guided rule (`torch.compile` would freeze the rule into the graph).
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return F.relu(x)
+        return _SwitchableReLU.apply(x)
+
+
+def guided_grad(q1: Tensor, obs: Tensor, retain_graph: bool = False) -> Tensor:
+    """Guided gradient of `q1.sum()` w.r.t. `obs` (per sample, since samples do not interact).
+
+    Only the path to `obs` is back-propagated: no parameter receives a gradient. `retain_graph=True`
+    keeps the forward for a later ordinary backward (the critic's loss).
+    """
+    with guided_backward():
+        (grad,) = torch.autograd.grad(q1.sum(), obs, retain_graph=retain_graph)
+    return grad
+
+
+def guided_backprop(critic: nn.Module, obs: Tensor, action: Tensor) -> Tensor:
+    """Attribution of Q1(obs, action) to each input pixel by guided backprop: `[B, C, H, W]`.
+
+    `critic(obs, action)` must return `(q1, q2)` and use `GuidedReLU`s. `obs` is float in [0, 255] (the
+    critic scales it), so the attribution is per raw pixel value, as captum's `GuidedBackprop` gives.
+    """
+    obs = obs.detach().float().requires_grad_()
+    with torch.enable_grad():
+        q1, _ = critic(obs, action.detach())
+        return guided_grad(q1, obs)
+
+
+def attribution_mask(attribution: Tensor, quantile: float, frames: int = 3) -> Tensor:
+    """M_ρ: per sample and per stacked frame, keep the pixels whose attribution is ≥ the ρ-quantile.
+
+    A pixel's attribution is its max |attribution| over the frame's colour channels; the kept pixels are
+    repeated over those channels. Returns a bool mask shaped like `attribution`, `[B, C, H, W]`. Ties at
+    the threshold are kept (reference behaviour), so coverage is ≥ 1 − ρ.
+    """
+    b, c, h, w = attribution.shape
+    per_frame = attribution.detach().abs().reshape(b, frames, c // frames, h, w).amax(dim=2)  # [B, F, H, W]
+    threshold = torch.quantile(per_frame.float().flatten(2), quantile, dim=2)  # [B, F]
+    keep = per_frame >= threshold[..., None, None]
+    return keep.repeat_interleave(c // frames, dim=1)
+
+
+def masked_observation(obs: Tensor, mask: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """s ⊙ M: the salient pixels of `obs`, every other pixel set to ONE grey level for the whole batch,
+    drawn uniformly in [min(obs), max(obs)] (as the reference). Detached from `obs`."""
+    obs = obs.detach()
+    low, high = obs.min(), obs.max()
+    u = torch.rand((), generator=generator, device=obs.device, dtype=obs.dtype)
+    return torch.where(mask, obs, low + (high - low) * u)
+
+
+__all__ = [
+    "GuidedReLU",
+    "attribution_mask",
+    "guided_backprop",
+    "guided_backward",
+    "guided_grad",
+    "masked_observation",
+]

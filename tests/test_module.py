@@ -1,0 +1,289 @@
+"""SGQNModule under a real Lightning Trainer: updates, frequencies, the exact fast path, policy, maps."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+from tensordict import TensorDict
+from tensordict.nn import TensorDictModule
+from torch.utils.data import DataLoader
+
+from sgqn.augment import random_overlay, random_shift
+from sgqn.module import SGQNModule
+from sgqn.nets import squashed_gaussian_sample
+from sgqn.saliency import attribution_mask, guided_backprop, masked_observation
+
+SIZE, A = 32, 2
+SMALL = dict(
+    observation_shape=(9, SIZE, SIZE), action_dim=A, num_conv_layers=3, num_filters=16, hidden_dim=64
+)
+
+
+def _module(algorithm: str = "sgqn", **kwargs: Any) -> SGQNModule:
+    torch.manual_seed(0)
+    module = SGQNModule(algorithm=algorithm, **{**SMALL, "feature_dim": 16, "tune_malloc": False, **kwargs})
+    if module.uses_overlay:
+        module.set_overlay_images(torch.randint(0, 256, (6, 3, SIZE, SIZE), dtype=torch.uint8))
+    return module
+
+
+def _batch(b: int = 8, seed: int = 1) -> TensorDict:
+    g = torch.Generator().manual_seed(seed)
+    pixels = lambda: torch.randint(0, 256, (b, 9, SIZE, SIZE), dtype=torch.uint8, generator=g)  # noqa: E731
+    return TensorDict(
+        {
+            "pixels": pixels(),
+            "action": torch.rand(b, A, generator=g) * 2 - 1,
+            "next": {
+                "pixels": pixels(),
+                "reward": torch.rand(b, 1, generator=g),
+                "terminated": torch.zeros(b, 1, dtype=torch.bool),
+            },
+        },
+        batch_size=[b],
+    )
+
+
+class _SeedEachBatch(L.Callback):
+    """Fixes the RNG at every update so a hand-written replay can draw the same numbers."""
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, module: L.LightningModule, batch: Any, idx: int
+    ) -> None:
+        torch.manual_seed(1000 + idx)
+
+
+def _fit(
+    module: SGQNModule, batches: list[TensorDict], callbacks: list[L.Callback] | None = None
+) -> L.Trainer:
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=callbacks or [],
+    )
+    trainer.fit(module, DataLoader(batches, batch_size=None, collate_fn=lambda x: x))
+    return trainer
+
+
+def _params(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+@pytest.mark.parametrize("algorithm", ["sac", "svea", "sgqn"])
+def test_trainer_runs_training_steps_and_parameters_change(algorithm: str) -> None:
+    module = _module(algorithm)
+    before = _params(module)
+    trainer = _fit(module, [_batch(seed=i) for i in range(3)])
+    after = module.state_dict()
+    assert int(module.update_step) == 3
+    groups = ["loss.critic.encoder.", "loss.critic.projection.", "loss.critic.q1.", "loss.critic.q2."]
+    groups += ["loss.actor.projection.", "loss.actor.trunk.", "loss.log_alpha", "loss.target_critic."]
+    if algorithm == "sgqn":
+        groups.append("loss.guidance.decoder.")
+    for group in groups:
+        keys = [k for k in before if k.startswith(group)]
+        assert keys and any(not torch.equal(before[k], after[k]) for k in keys), group
+    metrics = trainer.callback_metrics
+    expected = {"loss_critic", "loss_actor", "loss_alpha", "alpha", "entropy", "q1_mean", "target_q_mean"}
+    if algorithm == "sgqn":
+        expected |= {"loss_consistency", "loss_attribution", "mask_coverage"}
+    assert {f"train/{k}" for k in expected} <= set(metrics)
+    assert all(torch.isfinite(v) for v in metrics.values())
+
+
+def test_update_counter_drives_the_frequencies_and_is_checkpointed() -> None:
+    module = _module("sgqn", actor_update_freq=2, critic_target_update_freq=3, aux_update_freq=2)
+    calls = {"actor": 0, "target": 0, "aux": 0, "critic": 0}
+    loss = module.loss
+
+    def count(name: str, fn: Any) -> Any:
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            calls[name] += 1
+            return fn(*args, **kwargs)
+
+        return wrapped
+
+    loss.critic_loss = count("critic", loss.critic_loss)  # type: ignore[method-assign]
+    loss.actor_loss = count("actor", loss.actor_loss)  # type: ignore[method-assign]
+    loss.attribution_loss = count("aux", loss.attribution_loss)  # type: ignore[method-assign]
+    loss.target_critic.update = count("target", loss.target_critic.update)  # type: ignore[method-assign]
+    _fit(module, [_batch(seed=i) for i in range(5)])
+    assert calls == {"critic": 5, "actor": 3, "aux": 3, "target": 2}  # updates 0..4: even; 0 and 3
+    assert module.state_dict()["update_step"] == 5
+
+
+def _reference_update(m: SGQNModule, batch: TensorDict, opts: list[torch.optim.Optimizer], step: int) -> dict:
+    """The SGQN authors' `SGSAC.update`, written out naively: separate forwards for everything."""
+    critic, actor, loss = m.critic, m.actor, m.loss
+    obs = random_shift(batch["pixels"], 4).float()
+    next_obs = random_shift(batch["next", "pixels"], 4).float()
+    action, reward = batch["action"], batch["next", "reward"]
+    with torch.no_grad():
+        next_action, next_log_pi = squashed_gaussian_sample(*actor(next_obs))
+        t1, t2 = loss.target_critic.critic(next_obs, next_action)
+        not_done = 1.0 - batch["next", "terminated"].float()
+        target_q = reward + not_done * 0.99 * (torch.min(t1, t2) - loss.alpha * next_log_pi)
+    q1, q2 = critic(obs, action)
+    td = F.mse_loss(q1, target_q) + F.mse_loss(q2, target_q)
+    mask = attribution_mask(guided_backprop(critic, obs, action), 0.9)
+    m1, m2 = critic(masked_observation(obs, mask), action)
+    consistency = 0.5 * (F.mse_loss(q1, m1) + F.mse_loss(q2, m2))
+    opts[0].zero_grad()
+    (td + consistency).backward()
+    opts[0].step()
+    out = {"loss_critic": td, "loss_consistency": consistency}
+    mask = attribution_mask(guided_backprop(critic, obs, action), 0.9)  # the reference: every update
+    if step % 2 == 0:
+        pi, log_pi = squashed_gaussian_sample(*actor.head(actor.encoder(obs).detach()))
+        a1, a2 = critic.heads(critic.encoder(obs).detach(), pi)
+        actor_loss = (loss.alpha.detach() * log_pi - torch.min(a1, a2)).mean()
+        opts[1].zero_grad()
+        actor_loss.backward()
+        opts[1].step()
+        alpha_loss = (loss.alpha * (-log_pi - loss.target_entropy).detach()).mean()
+        opts[2].zero_grad()
+        alpha_loss.backward()
+        opts[2].step()
+        loss.target_critic.update(critic)
+        overlay = random_overlay(obs, loss.overlay.images)
+        logits = loss.guidance.decoder(critic.projection(critic.encoder(overlay)), action)
+        aux = F.binary_cross_entropy_with_logits(logits, mask.float())
+        opts[3].zero_grad()
+        aux.backward()
+        opts[3].step()
+        out |= {"loss_actor": actor_loss, "loss_alpha": alpha_loss, "loss_attribution": aux}
+    return out
+
+
+def test_fast_path_equals_the_naive_reference_ordered_update() -> None:
+    module = _module("sgqn", quantile=0.9)
+    reference = copy.deepcopy(module)
+    batches = [_batch(seed=i) for i in range(3)]  # updates 0, 1, 2: with and without the even-step parts
+    trainer = _fit(module, batches, [_SeedEachBatch()])
+
+    opts = reference.configure_optimizers()
+    for step, batch in enumerate(batches):
+        torch.manual_seed(1000 + step)
+        losses = _reference_update(reference, batch, opts, step)
+    logged = trainer.callback_metrics
+    for name, value in losses.items():
+        torch.testing.assert_close(logged[f"train/{name}"], value.detach(), rtol=1e-6, atol=1e-7)
+    fast, naive = module.state_dict(), reference.state_dict()
+    assert fast.keys() == naive.keys() and int(fast.pop("update_step")) == 3
+    for key in fast:
+        torch.testing.assert_close(fast[key], naive[key], rtol=1e-6, atol=1e-7, msg=key)
+    assert not torch.equal(
+        fast["loss.critic.q1.0.weight"], _module("sgqn").state_dict()["loss.critic.q1.0.weight"]
+    )
+
+
+def test_policy_module_batched_unbatched_deterministic_and_shared() -> None:
+    module = _module("sac")
+    policy = module.policy_module(deterministic=True)
+    assert isinstance(policy, TensorDictModule) and policy.module.actor is module.actor
+    pixels = torch.randint(0, 256, (4, 9, SIZE, SIZE), dtype=torch.uint8)
+    batched = policy(TensorDict({"pixels": pixels}, [4]))["action"]
+    single = policy(TensorDict({"pixels": pixels[0]}, []))["action"]
+    assert batched.shape == (4, A) and single.shape == (A,) and not batched.requires_grad
+    with torch.no_grad():
+        mean, _ = module.actor(pixels)
+    torch.testing.assert_close(batched, torch.tanh(mean))
+    torch.testing.assert_close(single, batched[0])
+    nested = policy(TensorDict({"pixels": pixels.view(2, 2, 9, SIZE, SIZE)}, [2, 2]))["action"]
+    torch.testing.assert_close(nested.reshape(4, A), batched)
+
+    explore = module.policy_module(deterministic=False)
+    sampled = explore(TensorDict({"pixels": pixels}, [4]))["action"]
+    assert sampled.shape == (4, A) and not torch.allclose(sampled, batched) and sampled.abs().max() <= 1
+    with torch.no_grad():
+        module.actor.trunk[-1].bias.add_(1.0)  # the policy reads the live parameters, not a copy
+    assert not torch.allclose(policy(TensorDict({"pixels": pixels}, [4]))["action"], batched)
+
+
+@pytest.mark.parametrize("algorithm", ["sac", "sgqn"])
+def test_attribution_maps_has_no_optimizer_side_effects(algorithm: str) -> None:
+    module = _module(algorithm, quantile=0.95)
+    before = _params(module)
+    obs = torch.randint(0, 256, (3, 9, SIZE, SIZE), dtype=torch.uint8)
+    maps = module.attribution_maps(obs)
+    assert maps["attribution"].shape == maps["mask"].shape == maps["masked_obs"].shape == (3, 9, SIZE, SIZE)
+    assert maps["mask"].dtype == torch.bool
+    coverage = maps["mask"].float().mean().item()
+    assert 0.05 <= coverage < 0.5
+    torch.testing.assert_close(maps["masked_obs"], obs.float() * maps["mask"])
+    if algorithm == "sgqn":
+        assert maps["predicted_mask"].dtype == torch.bool and maps["predicted_prob"].shape == (
+            3,
+            9,
+            SIZE,
+            SIZE,
+        )
+    else:
+        assert maps["predicted_mask"] is None
+    assert all(p.grad is None for p in module.parameters())
+    after = module.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    single = module.attribution_maps(obs[0], action=torch.zeros(A))
+    assert single["mask"].shape == (9, SIZE, SIZE)
+
+
+def test_channels_last_gives_the_same_update() -> None:
+    batches = [_batch(seed=i) for i in range(2)]
+    plain, fast = _module("sgqn"), _module("sgqn", channels_last=True)
+    _fit(plain, batches, [_SeedEachBatch()])
+    _fit(fast, batches, [_SeedEachBatch()])
+    a, b = plain.state_dict(), fast.state_dict()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_bf16_autocast_runs_and_keeps_fp32_losses() -> None:
+    module = _module("sgqn", autocast_bf16=True)
+    trainer = _fit(module, [_batch(seed=i) for i in range(2)])
+    for key in ("train/loss_critic", "train/loss_attribution"):
+        assert trainer.callback_metrics[key].dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in module.parameters())
+
+
+@pytest.mark.slow
+def test_compile_runs_with_manual_optimisation() -> None:
+    module = _module("sgqn", compile=True)
+    before = _params(module)
+    trainer = _fit(module, [_batch(seed=i) for i in range(2)])
+    assert int(module.update_step) == 2 and torch.isfinite(trainer.callback_metrics["train/loss_attribution"])
+    after = module.state_dict()
+    assert not torch.equal(before["loss.critic.q1.0.weight"], after["loss.critic.q1.0.weight"])
+    assert not torch.equal(
+        before["loss.guidance.decoder.conv3.weight"], after["loss.guidance.decoder.conv3.weight"]
+    )
+
+
+def test_setup_loads_the_overlay_images_when_none_were_injected() -> None:
+    torch.manual_seed(0)
+    module = SGQNModule(algorithm="svea", **SMALL, feature_dim=16, tune_malloc=False)
+    assert module.loss.overlay.images is None
+    module.setup("fit")
+    images = module.loss.overlay.images
+    assert images is not None and images.dtype == torch.uint8 and images.shape[1:] == (3, SIZE, SIZE)
+    assert "loss.overlay.images" not in module.state_dict()  # not checkpointed: reloaded at setup
+
+
+def test_checkpoint_round_trip_restores_weights_and_the_update_counter(tmp_path: Any) -> None:
+    module = _module("sgqn")
+    trainer = _fit(module, [_batch(seed=i) for i in range(3)])
+    path = tmp_path / "last.ckpt"
+    trainer.save_checkpoint(path)
+    restored = SGQNModule.load_from_checkpoint(path, map_location="cpu")
+    assert restored.hparams["algorithm"] == "sgqn" and int(restored.update_step) == 3
+    for key, value in module.state_dict().items():
+        assert torch.equal(value, restored.state_dict()[key]), key
+    assert restored.actor.encoder is restored.critic.encoder  # sharing survives the reload

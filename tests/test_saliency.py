@@ -1,0 +1,106 @@
+"""Guided backprop (vs captum), the switchable ReLU rule, attribution masks, masked observations."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from captum.attr import GuidedBackprop
+from torch import nn
+
+from sgqn.nets import Critic, Encoder
+from sgqn.saliency import attribution_mask, guided_backprop, guided_grad, masked_observation
+
+
+class _Q1(nn.Module):
+    def __init__(self, critic: Critic, action: torch.Tensor) -> None:
+        super().__init__()
+        self.critic, self.action = critic, action
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.critic(obs, self.action)[0]
+
+
+def _critic(seed: int = 0) -> Critic:
+    torch.manual_seed(seed)
+    critic = Critic(
+        Encoder((9, 32, 32), num_layers=3, num_filters=16), action_dim=2, feature_dim=16, hidden_dim=64
+    )
+    with torch.no_grad():  # non-zero biases: more ReLUs straddle zero, the guided rule matters more
+        for m in critic.modules():
+            if isinstance(m, nn.Linear | nn.Conv2d):
+                m.bias.normal_(0, 0.1)
+    return critic
+
+
+def test_guided_backprop_equals_captum() -> None:
+    critic = _critic()
+    obs, action = torch.rand(6, 9, 32, 32) * 255, torch.rand(6, 2) * 2 - 1
+    ours = guided_backprop(critic, obs, action)
+    theirs = GuidedBackprop(_Q1(critic, action)).attribute(obs.clone())
+    assert ours.shape == obs.shape and ours.abs().sum() > 0
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-9)
+    assert all(p.grad is None for p in critic.parameters())  # attribution leaves no parameter gradient
+
+
+def test_guided_rule_differs_from_the_plain_gradient() -> None:
+    critic = _critic()
+    obs, action = (torch.rand(4, 9, 32, 32) * 255).requires_grad_(), torch.rand(4, 2)
+    (plain,) = torch.autograd.grad(critic(obs, action)[0].sum(), obs)
+    guided = guided_backprop(critic, obs, action)
+    assert not torch.allclose(plain, guided)
+
+
+def test_one_forward_serves_the_guided_attribution_and_the_ordinary_backward() -> None:
+    critic = _critic()
+    obs, action = torch.rand(4, 9, 32, 32) * 255, torch.rand(4, 2)
+    x = obs.clone().requires_grad_()
+    q1, q2 = critic(x, action)
+    attribution = guided_grad(q1, x, retain_graph=True)
+    (q1.square().mean() + q2.mean()).backward()
+    shared = [p.grad.clone() for p in critic.parameters()]
+    critic.zero_grad()
+    fresh_q1, fresh_q2 = critic(obs, action)
+    (fresh_q1.square().mean() + fresh_q2.mean()).backward()
+    for a, p in zip(shared, critic.parameters(), strict=True):
+        torch.testing.assert_close(a, p.grad, rtol=0, atol=0)
+    torch.testing.assert_close(attribution, guided_backprop(critic, obs, action), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("quantile", [0.95, 0.98, 0.5])
+def test_mask_keeps_the_top_fraction_per_sample_and_frame(quantile: float) -> None:
+    torch.manual_seed(0)
+    attribution = torch.randn(5, 9, 40, 40)
+    mask = attribution_mask(attribution, quantile)
+    assert mask.dtype == torch.bool and mask.shape == attribution.shape
+    coverage = mask.float().mean(dim=(2, 3))  # [B, C]
+    torch.testing.assert_close(coverage, torch.full_like(coverage, 1 - quantile), atol=1 / 1600, rtol=0)
+
+
+def test_mask_is_the_same_over_a_frames_colour_channels_and_uses_max_abs() -> None:
+    torch.manual_seed(0)
+    attribution = torch.rand(3, 9, 20, 20) * 0.1
+    attribution[:, 4, 5, 7] = -10.0  # a large negative attribution in frame 1's green channel
+    mask = attribution_mask(attribution, 0.95)
+    for frame in range(3):
+        block = mask[:, 3 * frame : 3 * frame + 3]
+        assert torch.equal(block, block[:, :1].expand_as(block))
+    assert mask[:, 3:6, 5, 7].all()
+    # frame-wise: frame 1's threshold does not decide frame 0's pixels
+    assert mask[:, 0].float().mean() > 0.04
+
+
+def test_mask_with_quantile_zero_keeps_everything() -> None:
+    assert attribution_mask(torch.randn(2, 9, 8, 8), 0.0).all()
+
+
+def test_masked_observation_keeps_salient_pixels_and_greys_the_rest_with_one_level() -> None:
+    torch.manual_seed(0)
+    obs = torch.rand(4, 9, 16, 16) * 200 + 20
+    mask = torch.rand(4, 9, 16, 16) > 0.7
+    masked = masked_observation(obs, mask, torch.Generator().manual_seed(3))
+    assert torch.equal(masked[mask], obs[mask])
+    fill = masked[~mask].unique()
+    assert fill.numel() == 1 and obs.min() <= fill.item() <= obs.max()
+    again = masked_observation(obs, mask, torch.Generator().manual_seed(3))
+    assert torch.equal(masked, again)
+    assert not masked.requires_grad
