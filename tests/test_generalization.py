@@ -23,10 +23,10 @@ def test_rendering_recorded_states_reproduces_observations() -> None:
     assert len(states) == 7
     replay = make_env("walker_walk", image_size=32, seed=2)  # fresh env, same seed → same episode
     td = replay.reset()
-    seen = [td["pixels"]]
+    seen = [td["pixels"].clone()]  # CatFrames may reuse its buffer between steps
     for _ in range(6):
         td = step_mdp(replay.step(policy(td)))
-        seen.append(td["pixels"])
+        seen.append(td["pixels"].clone())
     rendered = stacked_observations(make_env("walker_walk", image_size=32, seed=99), states, [0, 1, 6], 3)
     for k, i in enumerate([0, 1, 6]):
         assert torch.equal(rendered[k], seen[i])

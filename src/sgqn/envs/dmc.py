@@ -104,7 +104,8 @@ class ModePixels(pixels.Wrapper):
         """The current physics state as this mode shows it, uint8 `[H, W, 3]`."""
         physics = self._env.physics
         self.mode.before_render(physics)
-        return self.mode.after_render(self._camera.render())
+        # The camera renders into one reused buffer: copy, or every stored frame aliases the latest.
+        return self.mode.after_render(self._camera.render().copy())
 
     def render_state(self, state: np.ndarray) -> np.ndarray:
         """Render a physics state (`physics.get_state()`, e.g. from another mode's env) in this mode."""
