@@ -48,7 +48,7 @@ def cli_main(args: Sequence[str] | None = None) -> SGQNCLI:
         save_config_callback=MLflowSaveConfig,
         parser_kwargs={"parser_mode": "omegaconf", "default_env": False},
         trainer_defaults={"callbacks": [RecordRunId()]},
-        args=args,
+        args=None if args is None else list(args),
     )
 
 

@@ -226,7 +226,7 @@ def evaluate_checkpoint(
     module.eval()
     datamodule = DMCDataModule.from_checkpoint(path)
     policy = module.policy_module(deterministic=True)
-    seed = datamodule.hparams.seed + seed_offset
+    seed = datamodule.hparams.seed + seed_offset  # type: ignore[attr-defined]
     return {m: episode_returns(datamodule.make_env(mode=m, seed=seed), policy, episodes) for m in modes}
 
 

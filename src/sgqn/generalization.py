@@ -102,14 +102,16 @@ def saliency_report(
         actions = policy(TensorDict({"pixels": observations["train"]}, batch_size=[len(indices)]))["action"]
     maps = {mode: module.attribution_maps(obs, actions) for mode, obs in observations.items()}
     masks = {mode: m["mask"] for mode, m in maps.items()}
-    columns = {key: [] for key in ("obs", "attribution", "mask", "masked_obs", "predicted_prob")}
+    columns: dict[str, list[Any]] = {
+        k: [] for k in ("obs", "attribution", "mask", "masked_obs", "predicted_prob")
+    }
     labels = []
     for mode, m in maps.items():
         for key in columns:
             source = observations[mode] if key == "obs" else m[key]
             columns[key].append(None if source is None else source[:grid_states])
         labels += [mode] * min(grid_states, len(indices))
-    stacked = {k: (None if v[0] is None else torch.cat(v)) for k, v in columns.items()}
+    stacked: dict[str, Any] = {k: (None if v[0] is None else torch.cat(v)) for k, v in columns.items()}
     grid = saliency_grid(
         stacked["obs"],
         stacked["attribution"],

@@ -172,7 +172,7 @@ class DMCDataModule(L.LightningDataModule):
 
         `mode` is a name from `sgqn.envs.MODES`, or ``distracting_cs@<intensity>``.
         """
-        hp = self.hparams
+        hp: Any = self.hparams
         name, _, intensity = mode.partition("@")
         return make_env(
             hp.task,
@@ -188,7 +188,7 @@ class DMCDataModule(L.LightningDataModule):
 
     def build(self, policy: Callable[[TensorDictBase], TensorDictBase]) -> EnvStream:
         """Collector and replay around `policy` (the module's exploration policy)."""
-        hp = self.hparams
+        hp: Any = self.hparams
         env = self.make_env()
         env.append_transform(StepCounter())  # episode step → replay rows know where episodes start
         self.collector = Collector(
@@ -214,7 +214,7 @@ class DMCDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         module = self.trainer.lightning_module  # type: ignore[union-attr]
-        stream = self.build(module.policy_module(deterministic=False))
+        stream = self.build(module.policy_module(deterministic=False))  # type: ignore[operator]
         return DataLoader(stream, batch_size=None, collate_fn=_first, num_workers=0)
 
     def teardown(self, stage: str) -> None:
