@@ -10,7 +10,8 @@ show both halves), warm-up excluded. "reference" rows replay the SGQN authors' u
 attributions, a second critic forward for the attribution, the post-update attribution at every update,
 separate actor / critic encodes, the literal upsample-then-conv decoder) on the same networks, for
 comparison. `malloc` rows use glibc's default allocator; every other row runs after `tune_cpu_malloc()`.
-Every row runs in a fresh process. On a shared machine prefer the "best" column (contention only adds).
+Every row runs in a fresh process; `--rounds N` repeats all rows round-robin. On a shared machine prefer
+the "best" column (contention only adds time).
 """
 
 from __future__ import annotations
@@ -30,11 +31,12 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from tensordict import TensorDict
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader
+from torch.utils.flop_counter import flop_registry
 
 from sgqn.module import SGQNModule, tune_cpu_malloc
-from sgqn.nets import squashed_gaussian_sample
-from sgqn.saliency import attribution_mask, masked_observation
+from sgqn.objectives.reference import reference_update
 
 VARIANTS: dict[str, dict[str, bool]] = {
     "fp32": {},
@@ -89,61 +91,6 @@ def time_module(module: SGQNModule, batch: TensorDict, warmup: int, repeats: int
     return timer.times[warmup:]
 
 
-def reference_update(
-    module: SGQNModule, batch: TensorDict, opts: list[torch.optim.Optimizer], step: int
-) -> None:
-    """The SGQN authors' `SGSAC.update` order on our networks (captum guided backprop, as their code)."""
-    from captum.attr import GuidedBackprop
-
-    loss, critic, actor = module.loss, module.critic, module.actor
-    guidance = loss.guidance  # type: ignore[attr-defined]
-
-    def attribution(obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        return GuidedBackprop(_Q1(critic, action)).attribute(obs)
-
-    obs, next_obs = loss.augment(batch)
-    action = batch["action"]
-    target_q = loss.target_value(next_obs, batch["next", "reward"], batch["next", "terminated"])
-    q1, q2 = critic(obs, action)
-    critic_loss = F.mse_loss(q1, target_q) + F.mse_loss(q2, target_q)
-    mask = attribution_mask(attribution(obs, action), guidance.quantile)
-    mq1, mq2 = critic(masked_observation(obs, mask), action)
-    critic_loss = critic_loss + 0.5 * (F.mse_loss(q1, mq1) + F.mse_loss(q2, mq2))
-    opts[0].zero_grad()
-    critic_loss.backward()
-    opts[0].step()
-    mask = attribution_mask(attribution(obs, action), guidance.quantile)
-    if step % 2 == 0:
-        mean, log_std = actor(obs)
-        pi, log_pi = squashed_gaussian_sample(mean, log_std)
-        aq1, aq2 = critic.heads(critic.encoder(obs).detach(), pi)
-        actor_loss = (loss.alpha.detach() * log_pi - torch.min(aq1, aq2)).mean()
-        opts[1].zero_grad()
-        actor_loss.backward()
-        opts[1].step()
-        alpha_loss = (loss.alpha * (-log_pi - loss.target_entropy).detach()).mean()
-        opts[2].zero_grad()
-        alpha_loss.backward()
-        opts[2].step()
-        loss.target_critic.update(critic)
-        overlay = loss.overlay(obs)  # type: ignore[operator]
-        aux = F.binary_cross_entropy_with_logits(guidance.predict(overlay, action), mask.float())
-        opts[3].zero_grad()
-        aux.backward()
-        opts[3].step()
-
-
-class _Q1(torch.nn.Module):
-    """obs → Q1(obs, action): the reference's captum `ModelWrapper`."""
-
-    def __init__(self, critic: torch.nn.Module, action: torch.Tensor) -> None:
-        super().__init__()
-        self.critic, self.action = critic, action
-
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.critic(obs, self.action)[0]
-
-
 def time_reference(module: SGQNModule, batch: TensorDict, warmup: int, repeats: int) -> list[float]:
     opts = module.configure_optimizers()
     times = []
@@ -154,17 +101,61 @@ def time_reference(module: SGQNModule, batch: TensorDict, warmup: int, repeats: 
     return times[warmup:]
 
 
+class _FlopCounter(TorchDispatchMode):
+    """Counts the FLOPs of matmuls and convolutions (forward and backward) with PyTorch's own formulas.
+
+    (`torch.utils.flop_counter.FlopCounterMode` cannot be used: its module hooks reject the
+    `autograd.grad` of the guided attribution.)
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        formula = flop_registry.get(func._overloadpacket)
+        if formula is not None:
+            self.total += formula(*args, **kwargs, out_val=out)
+        return out
+
+
+def flops_per_update(args: argparse.Namespace, algorithm: str) -> float:
+    """FLOPs of one update, averaged over the 2-update cycle (even updates also run actor, target, aux)."""
+    module = _module(args, "fp32", algorithm)
+    batch = synthetic_batch(args.batch, args.size, args.action_dim)
+    with _FlopCounter() as counter:
+        time_module(module, batch, warmup=0, repeats=2)
+    return counter.total / 2
+
+
+def compute_peak(repeats: int = 5) -> float:
+    """Best fp32 FLOP/s this CPU reaches on all threads: a square matmul or a channels-last 3×3 conv of
+    the paper encoder's size, whichever is faster (on AMD CPUs MKL's matmul is the slower of the two)."""
+    torch.set_num_threads(os.cpu_count() or 1)
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    x = torch.randn(128, 32, 39, 39).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(32, 32, 3, 3).contiguous(memory_format=torch.channels_last)
+    kernels = [
+        (lambda: torch.mm(a, b), 2 * 2048**3),
+        (lambda: F.conv2d(x, w), 2 * 128 * 37 * 37 * 32 * 32 * 9),
+    ]
+    peak = 0.0
+    for run, flops in kernels:
+        for _ in range(repeats + 1):
+            start = time.perf_counter()
+            run()
+            peak = max(peak, flops / (time.perf_counter() - start))
+    return peak
+
+
 def _load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def measure_row(args: argparse.Namespace, variant: str, algorithm: str) -> list[float]:
-    """Seconds per timed update of one row, in this process (the `--row` child)."""
-    torch.set_num_threads(os.cpu_count() or 1)
-    if variant != "malloc":
-        tune_cpu_malloc()
+def _module(args: argparse.Namespace, variant: str, algorithm: str) -> SGQNModule:
     torch.manual_seed(0)
-    batch = synthetic_batch(args.batch, args.size, args.action_dim)
     options: dict[str, Any] = dict(VARIANTS.get(variant, {}))
     if variant == "reference":
         options["subpixel_decoder"] = False  # the reference's literal upsample-then-conv decoder
@@ -178,6 +169,16 @@ def measure_row(args: argparse.Namespace, variant: str, algorithm: str) -> list[
     )
     if module.uses_overlay:
         module.set_overlay_images(torch.randint(0, 256, (64, 3, args.size, args.size), dtype=torch.uint8))
+    return module
+
+
+def measure_row(args: argparse.Namespace, variant: str, algorithm: str) -> list[float]:
+    """Seconds per timed update of one row, in this process (the `--row` child)."""
+    torch.set_num_threads(os.cpu_count() or 1)
+    if variant != "malloc":
+        tune_cpu_malloc()
+    batch = synthetic_batch(args.batch, args.size, args.action_dim)
+    module = _module(args, variant, algorithm)
     repeats = args.slow_repeats if variant in ("bf16", "all") else args.repeats
     if variant == "reference":
         return time_reference(module, batch, args.warmup, repeats)
@@ -221,6 +222,7 @@ def main() -> None:
         default=2,
         help="timed updates of the bf16 rows (slow without native bf16)",
     )
+    parser.add_argument("--rounds", type=int, default=1, help="round-robin repetitions of all rows")
     parser.add_argument("--algorithms", nargs="+", default=["sac", "svea", "sgqn"])
     parser.add_argument("--variants", nargs="+", default=["malloc", "reference", *VARIANTS])
     parser.add_argument("--quick", action="store_true", help="tiny shapes and repeats (smoke test)")
@@ -239,22 +241,36 @@ def main() -> None:
 
     print(f"batch {args.batch}, {args.layers} conv layers, {args.size} px, {os.cpu_count()} threads")
     print(f"load average before: {_load()}")
-    header = f"{'algorithm':<10}{'variant':<15}{'ms/update':>10}{'best':>8}{'even':>9}{'odd':>9}"
+    peak = compute_peak()
+    flops = {algorithm: flops_per_update(args, algorithm) for algorithm in args.algorithms}
+    print(f"fp32 peak of this CPU (best of a matmul and a 3×3 conv): {peak / 1e9:.0f} GFLOP/s")
+    for algorithm, count in flops.items():
+        floor = count / peak * 1e3
+        print(
+            f"  {algorithm:<6} {count / 1e9:6.1f} GFLOP/update → ≥ {floor:5.0f} ms/update even at that peak"
+        )
+    header = (
+        f"{'algorithm':<10}{'variant':<15}{'ms/update':>10}{'best':>8}{'even':>9}{'odd':>9}{'GFLOP/s':>9}"
+    )
     print(header + "   (ms/update: mean of the median even and odd update; best: of the fastest ones)")
+    rows = [(v, a) for v in args.variants for a in args.algorithms if v != "reference" or a == "sgqn"]
+    times: dict[tuple[str, str], list[float]] = {row: [] for row in rows}
+    for _ in range(args.rounds):  # round-robin, so background load spreads over all rows alike
+        for row in rows:
+            times[row] += run_row(args, *row)
     fastest: dict[str, tuple[float, str]] = {}
-    for variant in args.variants:
-        for algorithm in args.algorithms:
-            if variant == "reference" and algorithm != "sgqn":
-                continue
-            times = run_row(args, variant, algorithm)
-            first_even = args.warmup % 2  # times[i] is update number warmup + i
-            even, odd = times[first_even::2], times[1 - first_even :: 2]
-            median = (statistics.median(even) + statistics.median(odd)) / 2 * 1e3
-            best = (min(even) + min(odd)) / 2 * 1e3
-            if variant not in ("malloc", "reference") and best < fastest.get(algorithm, (math.inf, ""))[0]:
-                fastest[algorithm] = (best, variant)
-            halves = f"{statistics.median(even) * 1e3:>9.0f}{statistics.median(odd) * 1e3:>9.0f}"
-            print(f"{algorithm:<10}{variant:<15}{median:>10.0f}{best:>8.0f}{halves}", flush=True)
+    for (variant, algorithm), row_times in times.items():
+        first_even = args.warmup % 2  # within a run, times[i] is update number warmup + i
+        per_run = len(row_times) // args.rounds
+        even = [t for i, t in enumerate(row_times) if (i % per_run) % 2 == first_even]
+        odd = [t for i, t in enumerate(row_times) if (i % per_run) % 2 != first_even]
+        median = (statistics.median(even) + statistics.median(odd)) / 2 * 1e3
+        best = (min(even) + min(odd)) / 2 * 1e3
+        if variant not in ("malloc", "reference") and best < fastest.get(algorithm, (math.inf, ""))[0]:
+            fastest[algorithm] = (best, variant)
+        halves = f"{statistics.median(even) * 1e3:>9.0f}{statistics.median(odd) * 1e3:>9.0f}"
+        rate = f"{flops[algorithm] / median / 1e6:>9.0f}"  # the reference row does more work than this
+        print(f"{algorithm:<10}{variant:<15}{median:>10.0f}{best:>8.0f}{halves}{rate}", flush=True)
     print(f"load average after: {_load()}")
     # Paper scale: the reference trains `--train_steps 500k` agent steps with one update per step.
     print("paper-scale estimate (500k updates, learner time only, fastest row's best cycle):")

@@ -30,6 +30,8 @@ def test_fit_then_evaluate(tmp_path: Path) -> None:
             uri,
             "--trainer.default_root_dir",
             str(tmp_path / "outputs"),
+            "--eval.at_start",
+            "true",
         ]
     )
     client = MlflowClient(tracking_uri=uri)
@@ -60,11 +62,12 @@ def test_fit_then_evaluate(tmp_path: Path) -> None:
         and params["quantile"] == "0.98"
     )
     history = client.get_metric_history(run.info.run_id, "eval/train/return_mean")
-    assert [m.step for m in history] == [100, 200]
+    assert [m.step for m in history] == [0, 100, 200]  # the untrained policy, then every 100 steps
     artifacts = _artifacts(client, run.info.run_id)
     assert "config.yaml" in artifacts
-    assert {"saliency/step_00000100.png", "saliency/step_00000200.png"} <= set(artifacts)
-    assert {"videos/train_step_00000100.mp4", "videos/color_hard_step_00000100.mp4"} <= set(artifacts)
+    assert {f"saliency/step_{s:08d}.png" for s in (0, 100, 200)} <= set(artifacts)
+    videos = {f"videos/{mode}_step_{s:08d}.mp4" for mode in ("train", "color_hard") for s in (0, 200)}
+    assert videos <= set(artifacts) and not any("step_00000100.mp4" in a for a in artifacts)  # every 2nd
     assert any(a.endswith("last.ckpt") for a in artifacts)
 
     (checkpoint,) = (tmp_path / "outputs").rglob("env_steps=200.ckpt")

@@ -8,15 +8,13 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
-import torch.nn.functional as F
 from tensordict import TensorDict
 from tensordict.nn import TensorDictModule
 from torch.utils.data import DataLoader
 
-from sgqn.augment import random_overlay, random_shift
 from sgqn.module import SGQNModule
-from sgqn.nets import squashed_gaussian_sample
-from sgqn.saliency import attribution_mask, guided_backprop, masked_observation
+from sgqn.objectives.reference import reference_update
+from sgqn.saliency import guided_backprop
 
 SIZE, A = 32, 2
 SMALL = dict(
@@ -121,49 +119,6 @@ def test_update_counter_drives_the_frequencies_and_is_checkpointed() -> None:
     assert module.state_dict()["update_step"] == 5
 
 
-def _reference_update(m: SGQNModule, batch: TensorDict, opts: list[torch.optim.Optimizer], step: int) -> dict:
-    """The SGQN authors' `SGSAC.update`, written out naively: separate forwards for everything."""
-    critic, actor, loss = m.critic, m.actor, m.loss
-    obs = random_shift(batch["pixels"], 4).float()
-    next_obs = random_shift(batch["next", "pixels"], 4).float()
-    action, reward = batch["action"], batch["next", "reward"]
-    with torch.no_grad():
-        next_action, next_log_pi = squashed_gaussian_sample(*actor(next_obs))
-        t1, t2 = loss.target_critic.critic(next_obs, next_action)
-        not_done = 1.0 - batch["next", "terminated"].float()
-        target_q = reward + not_done * 0.99 * (torch.min(t1, t2) - loss.alpha * next_log_pi)
-    q1, q2 = critic(obs, action)
-    td = F.mse_loss(q1, target_q) + F.mse_loss(q2, target_q)
-    mask = attribution_mask(guided_backprop(critic, obs, action), 0.9)
-    m1, m2 = critic(masked_observation(obs, mask), action)
-    consistency = 0.5 * (F.mse_loss(q1, m1) + F.mse_loss(q2, m2))
-    opts[0].zero_grad()
-    (td + consistency).backward()
-    opts[0].step()
-    out = {"loss_critic": td, "loss_consistency": consistency}
-    mask = attribution_mask(guided_backprop(critic, obs, action), 0.9)  # the reference: every update
-    if step % 2 == 0:
-        pi, log_pi = squashed_gaussian_sample(*actor.head(actor.encoder(obs).detach()))
-        a1, a2 = critic.heads(critic.encoder(obs).detach(), pi)
-        actor_loss = (loss.alpha.detach() * log_pi - torch.min(a1, a2)).mean()
-        opts[1].zero_grad()
-        actor_loss.backward()
-        opts[1].step()
-        alpha_loss = (loss.alpha * (-log_pi - loss.target_entropy).detach()).mean()
-        opts[2].zero_grad()
-        alpha_loss.backward()
-        opts[2].step()
-        loss.target_critic.update(critic)
-        overlay = random_overlay(obs, loss.overlay.images)
-        logits = loss.guidance.decoder(critic.projection(critic.encoder(overlay)), action)
-        aux = F.binary_cross_entropy_with_logits(logits, mask.float())
-        opts[3].zero_grad()
-        aux.backward()
-        opts[3].step()
-        out |= {"loss_actor": actor_loss, "loss_alpha": alpha_loss, "loss_attribution": aux}
-    return out
-
-
 def test_fast_path_equals_the_naive_reference_ordered_update() -> None:
     module = _module("sgqn", quantile=0.9)
     reference = copy.deepcopy(module)
@@ -173,7 +128,8 @@ def test_fast_path_equals_the_naive_reference_ordered_update() -> None:
     opts = reference.configure_optimizers()
     for step, batch in enumerate(batches):
         torch.manual_seed(1000 + step)
-        losses = _reference_update(reference, batch, opts, step)
+        # our guided backprop (equal to captum's, tests/test_saliency.py): the masks then match exactly
+        losses = reference_update(reference, batch, opts, step, attribution=guided_backprop)
     logged = trainer.callback_metrics
     for name, value in losses.items():
         torch.testing.assert_close(logged[f"train/{name}"], value.detach(), rtol=1e-6, atol=1e-7)

@@ -7,13 +7,13 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from captum.attr import GuidedBackprop
 from tensordict import TensorDict
 from torch import nn
 
 from sgqn.augment import random_overlay, random_shift
 from sgqn.nets import Actor, AttributionDecoder, Critic, Encoder
 from sgqn.objectives import SACLoss, SGQNLoss, SVEALoss, TargetCritic
+from sgqn.objectives.reference import captum_guided_backprop
 from sgqn.objectives.sgqn import Saliency
 
 SIZE, A = 32, 2
@@ -253,15 +253,6 @@ def test_svea_without_overlay_images_says_so() -> None:
 # ---------------------------------------------------------------------------------------- SGQN
 
 
-class _Q1(nn.Module):
-    def __init__(self, critic: Critic, action: torch.Tensor) -> None:
-        super().__init__()
-        self.critic, self.action = critic, action
-
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.critic(obs, self.action)[0]
-
-
 def test_sgqn_critic_loss_matches_hand_computation() -> None:
     actor, critic = _nets()
     loss = SGQNLoss(actor, critic, _decoder(), quantile=0.9, consistency_weight=0.5, overlay_images=_images())
@@ -270,7 +261,7 @@ def test_sgqn_critic_loss_matches_hand_computation() -> None:
     value, metrics = loss.critic_loss(obs, action, target_q)
 
     # by hand: captum's guided backprop, the reference's quantile mask and grey fill, plain MSEs
-    attribution = GuidedBackprop(_Q1(critic, action)).attribute(obs.clone())
+    attribution = captum_guided_backprop(critic, obs, action)
     per_frame = [attribution[:, i : i + 3].abs().max(dim=1)[0] for i in (0, 3, 6)]
     mask = torch.cat(
         [

@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-from captum.attr import GuidedBackprop
 from torch import nn
 
 from sgqn.nets import Critic, Encoder
-from sgqn.saliency import attribution_mask, guided_backprop, guided_grad, masked_observation
-
-
-class _Q1(nn.Module):
-    def __init__(self, critic: Critic, action: torch.Tensor) -> None:
-        super().__init__()
-        self.critic, self.action = critic, action
-
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.critic(obs, self.action)[0]
+from sgqn.objectives.reference import captum_guided_backprop
+from sgqn.saliency import (
+    attribution_mask,
+    guided_backprop,
+    guided_grad,
+    masked_observation,
+    quantile_threshold,
+)
 
 
 def _critic(seed: int = 0) -> Critic:
@@ -36,7 +33,7 @@ def test_guided_backprop_equals_captum() -> None:
     critic = _critic()
     obs, action = torch.rand(6, 9, 32, 32) * 255, torch.rand(6, 2) * 2 - 1
     ours = guided_backprop(critic, obs, action)
-    theirs = GuidedBackprop(_Q1(critic, action)).attribute(obs.clone())
+    theirs = captum_guided_backprop(critic, obs, action)
     assert ours.shape == obs.shape and ours.abs().sum() > 0
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-9)
     assert all(p.grad is None for p in critic.parameters())  # attribution leaves no parameter gradient
@@ -74,6 +71,15 @@ def test_mask_keeps_the_top_fraction_per_sample_and_frame(quantile: float) -> No
     assert mask.dtype == torch.bool and mask.shape == attribution.shape
     coverage = mask.float().mean(dim=(2, 3))  # [B, C]
     torch.testing.assert_close(coverage, torch.full_like(coverage, 1 - quantile), atol=1 / 1600, rtol=0)
+
+
+@pytest.mark.parametrize("q", [0.0, 0.5, 0.9, 0.95, 0.98, 1.0])
+def test_quantile_threshold_equals_torch_quantile_bit_for_bit(q: float) -> None:
+    torch.manual_seed(0)
+    x = torch.rand(4, 3, 1000)
+    x[0, 0, :300] = 0.5  # ties around the threshold
+    x[1, 2] = 0.0  # a constant row
+    assert torch.equal(quantile_threshold(x, q), torch.quantile(x, q, dim=-1))
 
 
 def test_mask_is_the_same_over_a_frames_colour_channels_and_uses_max_abs() -> None:

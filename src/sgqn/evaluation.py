@@ -69,7 +69,7 @@ def summarize(returns: Sequence[float]) -> tuple[float, float]:
 
 
 class EvaluationCallback(Callback):
-    """Every `every_env_steps` agent steps (and at the end), evaluate in each mode and log to MLflow.
+    """Every `every_env_steps` agent steps (and at the start / end), evaluate in each mode and log to MLflow.
 
     Logged per mode: `eval/<mode>/return_mean`, `_std`, and when "train" is among the modes the
     `generalization_gap` (train return − mode return) and `saliency_iou` (mask IoU of the same physics
@@ -81,6 +81,7 @@ class EvaluationCallback(Callback):
         every_env_steps: evaluation period in agent steps (paper: 10k); 0 disables periodic evaluation.
         episodes: episodes per mode (paper: 10 during training, 100 for final tables).
         modes: ``train`` and/or DMC-GB test modes (see `sgqn.envs.MODES`).
+        at_start: also evaluate the untrained policy before the first update (the curve's step 0).
         at_end: also evaluate once when training ends.
         saliency_every_evals: saliency grid + IoU every this many evaluations (0: never).
         saliency_states: physics states compared across modes for the IoU.
@@ -95,6 +96,7 @@ class EvaluationCallback(Callback):
         every_env_steps: int = 10_000,
         episodes: int = 10,
         modes: list[str] = list(DEFAULT_MODES),  # noqa: B006 (jsonargparse needs a plain default)
+        at_start: bool = False,
         at_end: bool = True,
         saliency_every_evals: int = 1,
         saliency_states: int = 8,
@@ -114,6 +116,7 @@ class EvaluationCallback(Callback):
             grid_states,
         )
         self.video_every_evals, self.video_mask = video_every_evals, video_mask
+        self.at_start = at_start
         self._envs: dict[str, EnvBase] = {}
         self._next = every_env_steps
         self.history: list[dict[str, float]] = []
@@ -128,8 +131,12 @@ class EvaluationCallback(Callback):
     def _due(every: int, count: int) -> bool:
         return every > 0 and count % every == 0
 
-    def evaluate(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, float]:
-        step = trainer.datamodule.stats.env_steps  # type: ignore[attr-defined]
+    def evaluate(
+        self, trainer: Trainer, pl_module: LightningModule, step: int | None = None
+    ) -> dict[str, float]:
+        """Evaluate now; logged at `step` (default: the agent steps collected so far)."""
+        if step is None:
+            step = int(trainer.datamodule.stats.env_steps)  # type: ignore[attr-defined]
         count = len(self.history)
         policy = pl_module.policy_module(deterministic=True)  # type: ignore[operator]
         metrics: dict[str, float] = {}
@@ -199,6 +206,12 @@ class EvaluationCallback(Callback):
         if self.every_env_steps > 0 and steps >= self._next:
             self._next = steps - steps % self.every_env_steps + self.every_env_steps
             self.evaluate(trainer, pl_module)
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Logged at step 0: the loader may already have collected the random warm-up steps, which
+        # leave the policy untouched.
+        if self.at_start and not self.history:  # not again when resuming
+            self.evaluate(trainer, pl_module, step=0)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         steps = trainer.datamodule.stats.env_steps  # type: ignore[attr-defined]

@@ -99,6 +99,8 @@ class SGQNModule(L.LightningModule):
         aux_beta: Adam β1 of the attribution predictor (0.9).
         aux_update_freq: attribution-predictor step every this many updates (2).
         consistency_weight: SGQN's λ on the consistency term (0.5).
+        decoder_channels: the attribution decoder's first feature map and hidden conv widths ((32, 128, 64)
+            as the paper; smaller for CPU smoke configs, where the decoder would dominate the update).
         subpixel_decoder: run the attribution decoder's upsample + conv pairs in sub-pixel form: the same
             parameters, function and gradients up to float rounding, ~4× faster on CPU (False = the
             reference's literal upsample-then-conv).
@@ -142,6 +144,7 @@ class SGQNModule(L.LightningModule):
         aux_beta: float = 0.9,
         aux_update_freq: int = 2,
         consistency_weight: float = 0.5,
+        decoder_channels: tuple[int, int, int] = (32, 128, 64),
         subpixel_decoder: bool = True,
         svea_alpha: float = 0.5,
         svea_beta: float = 0.5,
@@ -174,9 +177,9 @@ class SGQNModule(L.LightningModule):
         elif algorithm == "svea":
             self.loss = SVEALoss(actor, critic, svea_alpha=svea_alpha, svea_beta=svea_beta, **sac_kwargs)
         else:
-            # The decoder stays NCHW: channels-last measured slower for it on CPU (faster for the encoder).
+            widths = (int(decoder_channels[0]), int(decoder_channels[1]), int(decoder_channels[2]))
             decoder = AttributionDecoder(
-                action_dim, feature_dim, obs_shape, subpixel=subpixel_decoder, autocast_bf16=autocast_bf16
+                action_dim, feature_dim, obs_shape, widths, subpixel=subpixel_decoder, **fast
             )
             self.loss = SGQNLoss(
                 actor,

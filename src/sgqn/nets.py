@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from sgqn.saliency import GuidedReLU
 
@@ -93,6 +95,7 @@ class Projection(nn.Sequential):
 
 
 def mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
+    """Linear → ReLU → Linear → ReLU → Linear (the actor's and each Q-function's trunk)."""
     net = nn.Sequential(
         nn.Linear(in_dim, hidden_dim),
         GuidedReLU(),
@@ -114,9 +117,8 @@ def squashed_gaussian_sample(
     if noise is None:
         noise = torch.randn_like(mean)
     pre_tanh = mean + noise * log_std.exp()
-    log_prob = (-0.5 * noise.pow(2) - log_std).sum(-1, keepdim=True) - 0.5 * math.log(
-        2 * math.pi
-    ) * noise.size(-1)
+    gaussian = (-0.5 * noise.pow(2) - log_std).sum(-1, keepdim=True)
+    log_prob = gaussian - 0.5 * math.log(2 * math.pi) * noise.size(-1)
     action = torch.tanh(pre_tanh)
     log_prob = log_prob - torch.log(F.relu(1 - action.pow(2)) + 1e-6).sum(-1, keepdim=True)
     return action, log_prob
@@ -208,23 +210,50 @@ def upsample_conv(x: Tensor, conv: nn.Conv2d, subpixel: bool = True) -> Tensor:
 
     `subpixel=True` computes the same function (and gradients, up to float rounding) without forming the
     upsampled input: one conv with 2×2 kernels of 4× the output channels at low resolution (~2.2× fewer
-    FLOPs), then the phases are interleaved into the 2× output.
+    FLOPs), then the phases are interleaved into the 2× output. The phases are laid out (row phase,
+    column phase, channel) so that, channels-last, each interleaving copy moves whole channel vectors.
+    Returns a channels-last tensor on that path.
     """
     if not subpixel:
         return conv(F.interpolate(x, scale_factor=2, mode="nearest"))
     weight, bias = conv.weight, conv.bias
     cout, cin = weight.shape[:2]
     phase = torch.tensor(_PHASE_ROWS, dtype=weight.dtype, device=weight.device)  # [a, tap, kernel row]
-    kernel = torch.einsum("akr,bls,oirs->oabikl", phase, phase, weight).reshape(4 * cout, cin, 2, 2)
-    y = F.conv2d(x, kernel, None if bias is None else bias.repeat_interleave(4), padding=1)
-    b, _, h1, w1 = y.shape
-    h, w = h1 - 1, w1 - 1
-    y = y.view(b, cout, 2, 2, h1, w1)
-    out = y.new_empty(b, cout, 2 * h, 2 * w)
-    for a in (0, 1):
-        for c in (0, 1):
-            out[:, :, a::2, c::2] = y[:, :, a, c, a : a + h, c : c + w]
-    return out
+    kernel = torch.einsum("akr,bls,oirs->aboikl", phase, phase, weight).reshape(4 * cout, cin, 2, 2)
+    x = x.contiguous(memory_format=torch.channels_last)
+    kernel = kernel.contiguous(memory_format=torch.channels_last)
+    y = F.conv2d(x, kernel, None if bias is None else bias.repeat(4), padding=1)  # [B, (a, c, o), h+1, w+1]
+    return _InterleavePhases.apply(y)
+
+
+class _InterleavePhases(torch.autograd.Function):
+    """Phase maps `[B, (2, 2, C), h+1, w+1]` → `[B, C, 2h, 2w]`: output pixel (2i + a, 2j + c) is phase
+    (a, c) at (i + a, j + c). Written by hand because autograd's backward of the four strided slice
+    copies zero-fills a full-size tensor per slicing level (~3× the decoder's own convolutions on CPU).
+    Channels-last in and out, so every copy moves whole channel vectors.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, y: Tensor) -> Tensor:
+        b, c4, h1, w1 = y.shape
+        ctx.shape = y.shape
+        src = y.permute(0, 2, 3, 1).reshape(b, h1, w1, 2, 2, c4 // 4)  # a view when y is channels-last
+        out = y.new_empty(b, h1 - 1, 2, w1 - 1, 2, c4 // 4)  # = [B, 2h, 2w, C] channels-last
+        for a in (0, 1):
+            for c in (0, 1):
+                out[:, :, a, :, c] = src[:, a : a + h1 - 1, c : c + w1 - 1, a, c]
+        return out.view(b, 2 * h1 - 2, 2 * w1 - 2, c4 // 4).permute(0, 3, 1, 2)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        b, c4, h1, w1 = ctx.shape
+        src = grad.permute(0, 2, 3, 1).reshape(b, h1 - 1, 2, w1 - 1, 2, c4 // 4)
+        out = grad.new_zeros(b, h1, w1, 2, 2, c4 // 4)
+        for a in (0, 1):
+            for c in (0, 1):
+                out[:, a : a + h1 - 1, c : c + w1 - 1, a, c] = src[:, :, a, :, c]
+        return out.view(b, h1, w1, c4).permute(0, 3, 1, 2)
 
 
 class AttributionDecoder(nn.Module):
@@ -238,7 +267,8 @@ class AttributionDecoder(nn.Module):
         action_dim: |A|.
         feature_dim: width of the critic's projection (100).
         obs_shape: (C, H, W) of the observation (H, W divisible by 4).
-        channels: channels of the first feature map (32).
+        channels: channels of the first feature map and of the two hidden convs ((32, 128, 64), the
+            paper's; CPU smoke configs shrink them: at small encoders the decoder dominates the update).
         subpixel: compute each upsample + conv in sub-pixel form (`upsample_conv`): same parameters and
             function, ~4× faster on CPU. False = the reference's literal upsample-then-conv.
         channels_last, autocast_bf16: speed options, as in `Encoder`.
@@ -249,7 +279,7 @@ class AttributionDecoder(nn.Module):
         action_dim: int,
         feature_dim: int = 100,
         obs_shape: tuple[int, int, int] = (9, 84, 84),
-        channels: int = 32,
+        channels: tuple[int, int, int] = (32, 128, 64),
         subpixel: bool = True,
         channels_last: bool = False,
         autocast_bf16: bool = False,
@@ -258,11 +288,11 @@ class AttributionDecoder(nn.Module):
         c, h, w = obs_shape
         if h % 4 or w % 4:
             raise ValueError(f"the attribution decoder needs H and W divisible by 4, got {h}×{w}")
-        self.base_shape = (channels, h // 4, w // 4)
+        self.base_shape = (channels[0], h // 4, w // 4)
         self.proj = nn.Linear(feature_dim + action_dim, math.prod(self.base_shape))
-        self.conv1 = nn.Conv2d(channels, 128, 3, padding=1)
-        self.conv2 = nn.Conv2d(128, 64, 3, padding=1)
-        self.conv3 = nn.Conv2d(64, c, 3, padding=1)
+        self.conv1 = nn.Conv2d(channels[0], channels[1], 3, padding=1)
+        self.conv2 = nn.Conv2d(channels[1], channels[2], 3, padding=1)
+        self.conv3 = nn.Conv2d(channels[2], c, 3, padding=1)
         self.subpixel, self.channels_last, self.autocast_bf16 = subpixel, channels_last, autocast_bf16
         if channels_last:
             self.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
