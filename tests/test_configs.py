@@ -44,3 +44,27 @@ def test_command_line_overrides_win(capsys: pytest.CaptureFixture) -> None:
         capsys, "-c", str(CONF / "sgqn" / "walker_walk.yaml"), "--model.quantile", "0.9", "--data.seed", "3"
     )
     assert config["model"]["quantile"] == 0.9 and config["data"]["seed"] == 3
+
+
+def test_data_seed_also_seeds_torch() -> None:
+    import torch
+    from lightning.pytorch.cli import LightningCLI
+
+    from sgqn.cli import SGQNCLI
+    from sgqn.data.stream import DMCDataModule
+    from sgqn.module import SGQNModule
+
+    def init(seed: str) -> tuple[LightningCLI, torch.Tensor]:
+        cli = SGQNCLI(
+            SGQNModule,
+            DMCDataModule,
+            run=False,
+            save_config_callback=None,
+            parser_kwargs={"parser_mode": "omegaconf", "default_env": False},
+            args=["-c", str(CONF / "tiny.yaml"), "--data.seed", seed, "--trainer.logger", "false"],
+        )
+        return cli, cli.model.critic.q1[0].weight.detach().clone()
+
+    cli, first = init("3")
+    assert cli.config["seed_everything"] == 3 and torch.initial_seed() == 3
+    assert torch.equal(init("3")[1], first) and not torch.equal(init("4")[1], first)

@@ -24,6 +24,9 @@ class SGQNCLI(LightningCLI):
         parser.link_arguments("data.observation_shape", "model.observation_shape", apply_on="instantiate")
         parser.link_arguments("data.action_dim", "model.action_dim", apply_on="instantiate")
         parser.link_arguments("data.places_root", "model.overlay_root")  # one image source for both
+        # One seed per run: `--data.seed N` also seeds torch (network init, warm-up actions, augmentation
+        # and policy noise); otherwise runs "of different seeds" would share all of those.
+        parser.link_arguments("data.seed", "seed_everything")
         parser.add_lightning_class_args(EvaluationCallback, "eval")
         parser.add_lightning_class_args(TrainingProgress, "progress")
         parser.add_lightning_class_args(EnvStepCheckpoint, "checkpoint")
