@@ -136,20 +136,16 @@ EXPLORER = [
         "experiment = next(e for e in experiments if EXPERIMENT in (None, e.name))"
     ),
     new_code_cell(
-        "# The newest run with a checkpoint artifact, and its last checkpoint.\n"
-        "def checkpoints(run_id, path=''):\n"
-        "    for f in client.list_artifacts(run_id, path):\n"
-        "        if f.is_dir:\n"
-        "            yield from checkpoints(run_id, f.path)\n"
-        "        elif f.path.endswith('.ckpt'):\n"
-        "            yield f.path\n\n"
+        "# The newest run with a checkpoint: in the folder its checkpoint_dir tag names, else uploaded.\n"
+        "from sgqn.tracking import find_checkpoint\n"
+        "\n"
         "for run in client.search_runs([experiment.experiment_id], order_by=['start_time DESC']):\n"
-        "    found = sorted(checkpoints(run.info.run_id))\n"
-        "    if found:\n"
-        "        path = next((p for p in found if p.endswith('last.ckpt')), found[-1])\n"
+        "    try:\n"
+        "        local = find_checkpoint(run.info.run_id, TRACKING_URI)\n"
         "        break\n"
-        "local = client.download_artifacts(run.info.run_id, path)\n"
-        "print(run.info.run_name, path)"
+        "    except FileNotFoundError:\n"
+        "        continue\n"
+        "print(run.info.run_name, local)"
     ),
     new_code_cell(
         "module = SGQNModule.load_from_checkpoint(local, map_location='cpu').eval()\n"

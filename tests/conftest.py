@@ -19,3 +19,12 @@ def dmcgb_root() -> Path:
     if not (root / "color_hard.pt").exists():
         pytest.skip(f"DMC-GB data not found at {root}")
     return root
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A folder for one test's runs: MLflow's default artifact root (./mlruns) lands in it too."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SGQN_DEBUG", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path

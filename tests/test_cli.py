@@ -1,4 +1,5 @@
-"""End to end: `sgqn fit` on the tiny config writes an MLflow run; `sgqn evaluate` tables a checkpoint."""
+"""End to end: `sgqn fit` on the tiny config writes an MLflow run; `sgqn evaluate` tables checkpoints
+found from the run and given as files."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
+from cli_helpers import fit_args
 from sgqn.cli import main
+from sgqn.tracking import CHECKPOINT_DIR_TAG, find_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -21,19 +24,7 @@ def _artifacts(client: MlflowClient, run_id: str, path: str = "") -> list[str]:
 
 def test_fit_then_evaluate(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    main(
-        [
-            "fit",
-            "-c",
-            str(REPO / "conf" / "tiny.yaml"),
-            "--trainer.logger.init_args.tracking_uri",
-            uri,
-            "--trainer.default_root_dir",
-            str(tmp_path / "outputs"),
-            "--eval.at_start",
-            "true",
-        ]
-    )
+    main(fit_args(tmp_path, "--eval.at_start", "true"))
     client = MlflowClient(tracking_uri=uri)
     (run,) = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
     metrics, params = run.data.metrics, run.data.params
@@ -68,17 +59,26 @@ def test_fit_then_evaluate(tmp_path: Path) -> None:
     assert {f"saliency/step_{s:08d}.png" for s in (0, 100, 200)} <= set(artifacts)
     videos = {f"videos/{mode}_step_{s:08d}.mp4" for mode in ("train", "color_hard") for s in (0, 200)}
     assert videos <= set(artifacts) and not any("step_00000100.mp4" in a for a in artifacts)  # every 2nd
-    assert any(a.endswith("last.ckpt") for a in artifacts)
-
+    # checkpoints are kept once, in the local folder the run's checkpoint_dir tag names, not uploaded
+    assert not any(a.endswith(".ckpt") for a in artifacts)
     (checkpoint,) = (tmp_path / "outputs").rglob("env_steps=200.ckpt")
+    folder = Path(run.data.tags[CHECKPOINT_DIR_TAG])
+    assert folder.is_absolute() and folder == checkpoint.parent.resolve()
+    last = find_checkpoint(run.info.run_id, uri)
+    assert last == folder / "last.ckpt" and find_checkpoint(run.info.run_name, uri, experiment="tiny") == last
+    assert find_checkpoint(run.info.run_id, uri, which="env_steps=100").is_file()
+
     second_seed = tmp_path / "seed1.ckpt"  # stands in for another seed's checkpoint
     shutil.copy(checkpoint, second_seed)
     out = tmp_path / "results"
     main(
         [
             "evaluate",
+            "--run",
+            run.info.run_name,  # resolved to its last.ckpt
+            "--tracking-uri",
+            uri,
             "--ckpt",
-            str(checkpoint),
             str(second_seed),
             "--modes",
             "train",

@@ -48,12 +48,19 @@ def _batch(b: int = 8, seed: int = 1) -> TensorDict:
 
 
 class _SeedEachBatch(L.Callback):
-    """Fixes the RNG at every update so a hand-written replay can draw the same numbers."""
+    """Fixes the RNG at every update so a hand-written replay can draw the same numbers.
+
+    Counts updates itself: the module pulls its batch inside `training_step`, so the hook's `batch_idx`
+    is the previous fetch's."""
+
+    def __init__(self) -> None:
+        self.updates = 0
 
     def on_train_batch_start(
         self, trainer: L.Trainer, module: L.LightningModule, batch: Any, idx: int
     ) -> None:
-        torch.manual_seed(1000 + idx)
+        torch.manual_seed(1000 + self.updates)
+        self.updates += 1
 
 
 def _fit(

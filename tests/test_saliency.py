@@ -10,6 +10,7 @@ from sgqn.nets import Critic, Encoder
 from sgqn.objectives.reference import captum_guided_backprop
 from sgqn.saliency import (
     attribution_mask,
+    full_mask_fraction,
     guided_backprop,
     guided_grad,
     masked_observation,
@@ -97,6 +98,35 @@ def test_mask_is_the_same_over_a_frames_colour_channels_and_uses_max_abs() -> No
 
 def test_mask_with_quantile_zero_keeps_everything() -> None:
     assert attribution_mask(torch.randn(2, 9, 8, 8), 0.0).all()
+
+
+@pytest.mark.parametrize("frames", [1, 2, 3, 4])
+def test_mask_is_per_frame_for_any_frame_stack(frames: int) -> None:
+    """The frame count comes from the channels (3 per RGB frame): each frame gets its own threshold."""
+    torch.manual_seed(frames)
+    attribution = torch.rand(2, 3 * frames, 20, 20)
+    attribution[:, -3:] *= 100  # the newest frame dominates: a single threshold would mask only it
+    mask = attribution_mask(attribution, 0.95)
+    per_frame = mask.reshape(2, frames, 3, 400)[:, :, 0].float().mean(-1)
+    torch.testing.assert_close(per_frame, torch.full_like(per_frame, 0.05), atol=1 / 400, rtol=0)
+    with pytest.raises(ValueError, match="stacked frames"):
+        attribution_mask(attribution, 0.95, frames=5)
+
+
+def test_a_frame_with_zero_attribution_is_all_salient_by_default_and_none_with_drop() -> None:
+    attribution = torch.rand(2, 9, 10, 10)
+    attribution[0, 3:6] = 0.0  # frame 1 of sample 0: no pixel has any attribution
+    attribution[1, 6:9] = 0.0
+    attribution[1, 6, :1, :3] = 1.0  # 3 % of frame 2 of sample 1 non-zero, below 1 − ρ of tied zeros
+    keep = attribution_mask(attribution, 0.95)  # reference: ties at the (zero) threshold are kept
+    assert keep[0, 3:6].all() and keep[1, 6:9].all()
+    assert full_mask_fraction(keep) == pytest.approx(2 / 6)
+    drop = attribution_mask(attribution, 0.95, zero_ties="drop")
+    assert not drop[0, 3:6].any()
+    assert drop[1, 6:9].sum() == 3 * 3 and drop[1, 6:9, :1, :3].all()
+    assert full_mask_fraction(drop) == 0
+    # frames with a positive threshold are untouched by the switch
+    assert torch.equal(keep[0, :3], drop[0, :3]) and torch.equal(keep[1, :6], drop[1, :6])
 
 
 def test_masked_observation_keeps_salient_pixels_and_greys_the_rest_with_one_level() -> None:

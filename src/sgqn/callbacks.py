@@ -1,42 +1,56 @@
-"""Training-time callbacks: env progress in the progress bar and MLflow; checkpoints in agent steps."""
+"""Training-time callbacks: env progress in MLflow; checkpoints in agent steps."""
 
 from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import MLFlowLogger
+
+from sgqn.schedule import Cadence, agent_steps
+from sgqn.tracking import CHECKPOINT_DIR_TAG
 
 
 class TrainingProgress(Callback):
     """Log agent steps, episode return, env frames/s and updates/s (MLflow step = agent steps).
 
+    The terminal shows them in `sgqn.progress.AgentStepProgressBar`, which the CLI adds.
+
     Args:
         every_env_steps: how often (in agent steps) the env metrics are sent to the loggers.
+        print_every_env_steps: when the output is not a terminal, the progress bar prints a plain line
+            every this many agent steps (0: every 5% of the run).
     """
 
-    def __init__(self, every_env_steps: int = 250) -> None:
+    def __init__(self, every_env_steps: int = 250, print_every_env_steps: int = 0) -> None:
         self.every_env_steps = every_env_steps
-        self._next = every_env_steps
+        self.print_every_env_steps = print_every_env_steps
+        self.cadence = Cadence(every_env_steps)
         self._last_time = time.perf_counter()
         self._last_updates = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"cadence": self.cadence.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.cadence.load_state_dict(state_dict["cadence"])
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # updates/s from here: not from construction, and not from zero on resume
+        self._last_time = time.perf_counter()
+        self._last_updates = trainer.datamodule.stats.updates  # type: ignore[attr-defined]
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         stats = trainer.datamodule.stats  # type: ignore[attr-defined]
-        bar = {"env_steps": float(stats.env_steps)}
-        if not math.isnan(stats.last_episode_return):
-            bar["return"] = stats.last_episode_return
-        if not math.isnan(stats.fps):
-            bar["fps"] = stats.fps
-        pl_module.log_dict(bar, prog_bar=True, logger=False, on_step=True)
-        if stats.env_steps < self._next:
+        if not self.cadence.due(stats.env_steps):
             return
-        self._next = stats.env_steps + self.every_env_steps
         now = time.perf_counter()
         metrics = {
             "env/steps": float(stats.env_steps),
@@ -54,6 +68,10 @@ class TrainingProgress(Callback):
 
 class EnvStepCheckpoint(ModelCheckpoint):
     """`ModelCheckpoint` on an agent-step cadence (`trainer.global_step` counts optimizer steps).
+
+    When training starts, the folder's absolute path is recorded in each MLflow run as the
+    ``checkpoint_dir`` tag, so `sgqn.tracking.find_checkpoint` (``sgqn evaluate --run``) finds the
+    checkpoints from the run without uploading them.
 
     Args:
         every_env_steps: save every this many agent steps (and at the end of fit).
@@ -73,15 +91,14 @@ class EnvStepCheckpoint(ModelCheckpoint):
     ) -> None:
         super().__init__(dirpath=dirpath, filename=filename, save_last=save_last, save_top_k=save_top_k)
         self.every_env_steps = every_env_steps
-        self._next_save = every_env_steps
+        self.cadence = Cadence(every_env_steps)
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        steps = trainer.datamodule.stats.env_steps  # type: ignore[attr-defined]
-        if self.every_env_steps <= 0 or steps < self._next_save:
+        steps = agent_steps(trainer)
+        if not self.cadence.due(steps):
             return
-        self._next_save = steps - steps % self.every_env_steps + self.every_env_steps
         candidates = self._monitor_candidates(trainer)
         candidates["env_steps"] = torch.tensor(steps)
         self._save_topk_checkpoint(trainer, candidates)
@@ -94,9 +111,19 @@ class EnvStepCheckpoint(ModelCheckpoint):
             candidates["env_steps"] = torch.tensor(datamodule.stats.env_steps)
         return candidates
 
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        if self.dirpath is None or not trainer.is_global_zero:
+            return
+        folder = str(Path(self.dirpath).resolve())  # `setup` has resolved the default by now
+        for logger in trainer.loggers:
+            if isinstance(logger, MLFlowLogger):
+                logger.experiment.set_tag(logger.run_id, CHECKPOINT_DIR_TAG, folder)
+
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "next_save": self._next_save}
+        return {**super().state_dict(), "cadence": self.cadence.state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
-        self._next_save = state_dict.get("next_save", self._next_save)
+        if "cadence" in state_dict:
+            self.cadence.load_state_dict(state_dict["cadence"])

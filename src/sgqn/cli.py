@@ -1,4 +1,4 @@
-"""`sgqn fit | validate | test | evaluate` — LightningCLI over `SGQNModule` and `DMCDataModule`.
+"""`sgqn fit` (LightningCLI over `SGQNModule` and `DMCDataModule`) and `sgqn evaluate`.
 
 sgqn fit -c conf/sgqn/walker_walk.yaml --model.quantile 0.9 --data.num_env_steps 100000
 sgqn evaluate --ckpt run1.ckpt run2.ckpt --modes train color_hard video_hard --episodes 100
@@ -6,19 +6,114 @@ sgqn evaluate --ckpt run1.ckpt run2.ckpt --modes train color_hard video_hard --e
 
 from __future__ import annotations
 
+import os
 import sys
+import time
+import traceback
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
 
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from sgqn.quiet import quiet_dependencies
 
-from sgqn.callbacks import EnvStepCheckpoint, TrainingProgress
-from sgqn.data.stream import DMCDataModule
-from sgqn.evaluation import EvaluationCallback
-from sgqn.module import SGQNModule
-from sgqn.tracking import MLflowSaveConfig, RecordRunId, SGQNMLFlowLogger
+quiet_dependencies()  # before the imports below, which warn at import time
+
+from lightning.pytorch import Trainer  # noqa: E402
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI  # noqa: E402
+from lightning.pytorch.loggers import MLFlowLogger  # noqa: E402
+
+from sgqn.callbacks import EnvStepCheckpoint, TrainingProgress  # noqa: E402
+from sgqn.checkpointing import (  # noqa: E402
+    AtomicCheckpointIO,
+    GlobalRngState,
+    find_last_checkpoint,
+    load_checkpoint_file,
+)
+from sgqn.console import SUBCOMMANDS, SGQNArgumentParser, fail, fit_summary, help_text, one_line  # noqa: E402
+from sgqn.data.errors import DataSourceError  # noqa: E402
+from sgqn.data.stream import DMCDataModule  # noqa: E402
+from sgqn.evaluation import EvaluationCallback  # noqa: E402
+from sgqn.guards import TrainingDiverged, mark_dead_runs_of, set_mlflow_http_defaults  # noqa: E402
+from sgqn.module import SGQNModule  # noqa: E402
+from sgqn.progress import with_progress_bar  # noqa: E402
+from sgqn.tracking import (  # noqa: E402
+    MLflowSaveConfig,
+    RecordRunId,
+    SGQNMLFlowLogger,
+    name_run,
+    run_name,
+    run_tags,
+)
+from sgqn.validation import (  # noqa: E402
+    ConfigError,
+    check_free_disk,
+    checkpoint_bytes,
+    did_you_mean,
+    resolved_data_params,
+    validate_fit_config,
+)
 
 
 class SGQNCLI(LightningCLI):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.started = time.perf_counter()
+        self.started_at = time.time()  # the run name's timestamp
+        super().__init__(*args, **kwargs)
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        # Only `fit`: the module has no validation/test/predict step, so Lightning's `validate`, `test`
+        # and `predict` could only crash; evaluation is `sgqn evaluate` and the `eval` callback.
+        return {"fit": LightningCLI.subcommands()["fit"]}
+
+    def _parse_ckpt_path(self) -> None:
+        # Lightning's version loads the whole checkpoint (replay included) to re-apply its hyper-parameters,
+        # and fails on a corrupt file with torch's advice to load it unsafely. A resume is the same command
+        # line: we only find the checkpoint, check it, and point the logger and checkpoints at its run.
+        if self.config.get("subcommand") == "fit":
+            resume_from_checkpoint(self.config["fit"])
+
+    def before_instantiate_classes(self) -> None:
+        # Before any env, trainer or MLflow run exists: a bad value fails in a second, leaving no run.
+        if self.subcommand == "fit":
+            validate_fit_config(self.config["fit"])
+
+    def after_instantiate_classes(self) -> None:
+        if self.subcommand != "fit":
+            return
+        # Still before the MLflow run: it is created lazily, when training starts.
+        config = self.config["fit"]
+        parameters = sum(p.numel() for p in self.model.parameters())
+        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        every = config["checkpoint"]["every_env_steps"]
+        saves = (config["data"]["num_env_steps"] // every if every > 0 else 1) + 1  # + last.ckpt
+        folder = config["checkpoint"]["dirpath"] or config["trainer"]["default_root_dir"]
+        option = "--checkpoint.dirpath" if config["checkpoint"]["dirpath"] else "--trainer.default_root_dir"
+        check_free_disk(folder, saves * checkpoint_bytes(parameters, trainable), option)
+        mark_dead_runs_of(self.trainer)  # earlier runs of this output folder whose process died
+
+        hp: Any = self.datamodule.hparams
+        algorithm = self.model.hparams["algorithm"]
+        name = run_name(algorithm, hp.task, f"s{hp.seed}", when=self.started_at)
+        tags = run_tags(algorithm, hp.task, hp.seed)
+        resolved = resolved_data_params(dict(hp) | {"overlay_root": self.model.hparams["overlay_root"]})
+        for logger in self.trainer.loggers:
+            if isinstance(logger, MLFlowLogger):
+                name_run(logger, name, tags)
+            if isinstance(logger, SGQNMLFlowLogger):
+                logger.resolved_params.update(resolved)
+
+    def after_fit(self) -> None:
+        if self.trainer.is_global_zero:
+            print(fit_summary(self.trainer, self.started), flush=True)
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        # Lightning's default bar counts batches; ours counts agent steps (`sgqn.progress`).
+        config = self._get(self.config_init, "trainer", default={})
+        every = self._get(self.config_init, "progress").print_every_env_steps
+        kwargs.setdefault("callbacks", with_progress_bar(config, every))
+        return super().instantiate_trainer(**kwargs)
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # The networks' shapes come from the env the data module builds.
         parser.link_arguments("data.observation_shape", "model.observation_shape", apply_on="instantiate")
@@ -30,6 +125,15 @@ class SGQNCLI(LightningCLI):
         parser.add_lightning_class_args(EvaluationCallback, "eval")
         parser.add_lightning_class_args(TrainingProgress, "progress")
         parser.add_lightning_class_args(EnvStepCheckpoint, "checkpoint")
+        parser.add_argument(
+            "--resume",
+            type=Literal["never", "auto"],
+            default="never",
+            help="auto: continue the newest run whose last.ckpt lies under trainer.default_root_dir (or "
+            "checkpoint.dirpath) if there is one, else start a new run: the same command line, re-run "
+            "after a preemption, picks up where it stopped. `--ckpt_path last` does the same but fails "
+            "when there is nothing to resume; `--ckpt_path FILE` resumes from that checkpoint.",
+        )
         parser.set_defaults(
             {
                 "trainer.logger": {"class_path": "sgqn.tracking.SGQNMLFlowLogger"},
@@ -44,25 +148,85 @@ class SGQNCLI(LightningCLI):
         )
 
 
+def resume_from_checkpoint(config: Any) -> None:
+    """Resolve `--ckpt_path last|FILE` / `--resume auto` into the checkpoint to load, and point the MLflow
+    logger at the run that checkpoint belongs to (reopened, never a new run) and the checkpoint callback
+    at its folder. A missing or corrupt checkpoint is a one-line `ConfigError` naming the file."""
+    ckpt, root = (
+        config.get("ckpt_path"),
+        config["checkpoint"]["dirpath"] or config["trainer"]["default_root_dir"],
+    )
+    if ckpt == "last" or (ckpt is None and config.get("resume") == "auto"):
+        found = find_last_checkpoint(root)
+        if found is None:
+            if ckpt == "last":
+                raise ConfigError(f"--ckpt_path last: no last.ckpt under {root}; nothing to resume")
+            return  # --resume auto with nothing to resume: a new run
+        ckpt = str(found)
+    if ckpt is None:
+        return
+    checkpoint = load_checkpoint_file(ckpt, map_location="cpu", mmap=True)
+    config["ckpt_path"] = ckpt
+    config["checkpoint"]["dirpath"] = str(Path(ckpt).resolve().parent)
+    run = checkpoint.get("mlflow")
+    logger = config["trainer"].get("logger")
+    if run and logger is not None and not isinstance(logger, bool | list):
+        init_args = logger["init_args"]
+        init_args["run_id"] = run["run_id"]
+        init_args["tracking_uri"] = init_args.get("tracking_uri") or run["tracking_uri"]
+    print(f"sgqn: resuming {ckpt} (MLflow run {run['run_id'] if run else 'unknown'})", file=sys.stderr)
+
+
 def cli_main(args: Sequence[str] | None = None) -> SGQNCLI:
     return SGQNCLI(
         SGQNModule,
         DMCDataModule,
         save_config_callback=MLflowSaveConfig,
         parser_kwargs={"parser_mode": "omegaconf", "default_env": False},
-        trainer_defaults={"callbacks": [RecordRunId()]},
+        parser_class=SGQNArgumentParser,
+        # The module optimises manually with several optimizers: Lightning's `--optimizer` /
+        # `--lr_scheduler` flags would replace them with one and crash.
+        auto_configure_optimizers=False,
+        # Atomic checkpoint writes; the MLflow run id and the global RNGs go into every checkpoint.
+        trainer_defaults={"callbacks": [RecordRunId(), GlobalRngState()], "plugins": [AtomicCheckpointIO()]},
         args=None if args is None else list(args),
     )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    """The `sgqn` command. Configuration and data errors end in one line on stderr and exit status 2,
+    a diverged training run (`TrainingDiverged`) in exit status 3; ``--debug`` (anywhere) or
+    ``SGQN_DEBUG=1`` also prints their traceback."""
+    set_mlflow_http_defaults()
     words = list(sys.argv[1:] if argv is None else argv)
-    if words[:1] == ["evaluate"]:
-        from sgqn.evaluation import evaluate_main
-
-        evaluate_main(words[1:])
+    debug = "--debug" in words or os.environ.get("SGQN_DEBUG", "") not in ("", "0")
+    words = [w for w in words if w != "--debug"]
+    if not words or words[0] in ("-h", "--help"):
+        (sys.stdout if words else sys.stderr).write(help_text())
+        if not words:
+            fail("a subcommand is required")
         return
-    cli_main(argv)
+    try:
+        if words[0] == "evaluate":
+            from sgqn.evaluation import evaluate_main
+
+            evaluate_main(words[1:])
+            return
+        if not words[0].startswith("-") and words[0] not in SUBCOMMANDS:
+            hint = did_you_mean(words[0], SUBCOMMANDS)
+            fail(
+                f"unknown subcommand {words[0]!r}{hint}; valid: {', '.join(SUBCOMMANDS)}", "see `sgqn --help`"
+            )
+        cli_main(words)
+    except (ConfigError, DataSourceError) as err:
+        if debug:
+            traceback.print_exc()
+        fail(one_line(err), None if debug else "(--debug or SGQN_DEBUG=1 shows the traceback)")
+    except TrainingDiverged as err:  # not a usage error: the run started, and stopped with its own status
+        if debug:
+            traceback.print_exc()
+        sys.stderr.write(f"sgqn: error: {one_line(err)}\n")
+        raise SystemExit(err.exit_code) from None
 
 
 __all__ = ["SGQNCLI", "SGQNMLFlowLogger", "cli_main", "main"]

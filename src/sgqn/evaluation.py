@@ -24,7 +24,9 @@ from tensordict import TensorDictBase
 from torchrl.envs import EnvBase
 
 from sgqn import viz
+from sgqn.envs.state import env_state, load_env_state
 from sgqn.generalization import generalization_gaps, saliency_report
+from sgqn.schedule import Cadence, agent_steps
 
 log = logging.getLogger("sgqn.evaluation")
 EVAL_SEED_OFFSET = 1_000_000  # eval envs never share initial states with the training env
@@ -118,13 +120,17 @@ class EvaluationCallback(Callback):
         self.video_every_evals, self.video_mask = video_every_evals, video_mask
         self.at_start = at_start
         self._envs: dict[str, EnvBase] = {}
-        self._next = every_env_steps
+        self.cadence = Cadence(every_env_steps)
+        self._resumed_envs: dict[str, dict[str, Any]] = {}
         self.history: list[dict[str, float]] = []
 
     def _env(self, trainer: Trainer, mode: str) -> EnvBase:
         if mode not in self._envs:
             dm = trainer.datamodule  # type: ignore[attr-defined]
-            self._envs[mode] = dm.make_env(mode=mode, seed=dm.hparams.seed + EVAL_SEED_OFFSET)
+            env = dm.make_env(mode=mode, seed=dm.hparams.seed + EVAL_SEED_OFFSET)
+            if mode in self._resumed_envs:  # continue its initial-state sequence where the run stopped
+                load_env_state(env, self._resumed_envs.pop(mode))
+            self._envs[mode] = env
         return self._envs[mode]
 
     @staticmethod
@@ -136,7 +142,7 @@ class EvaluationCallback(Callback):
     ) -> dict[str, float]:
         """Evaluate now; logged at `step` (default: the agent steps collected so far)."""
         if step is None:
-            step = int(trainer.datamodule.stats.env_steps)  # type: ignore[attr-defined]
+            step = agent_steps(trainer)
         count = len(self.history)
         policy = pl_module.policy_module(deterministic=True)  # type: ignore[operator]
         metrics: dict[str, float] = {}
@@ -202,9 +208,7 @@ class EvaluationCallback(Callback):
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        steps = trainer.datamodule.stats.env_steps  # type: ignore[attr-defined]
-        if self.every_env_steps > 0 and steps >= self._next:
-            self._next = steps - steps % self.every_env_steps + self.every_env_steps
+        if self.cadence.due(agent_steps(trainer)):
             self.evaluate(trainer, pl_module)
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -214,15 +218,19 @@ class EvaluationCallback(Callback):
             self.evaluate(trainer, pl_module, step=0)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        steps = trainer.datamodule.stats.env_steps  # type: ignore[attr-defined]
+        steps = agent_steps(trainer)
         if self.at_end and (not self.history or self.history[-1]["env_steps"] != steps):
             self.evaluate(trainer, pl_module)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"next": self._next, "history": self.history}
+        # The eval envs' states too: the next evaluation starts from the initial states it would have had.
+        envs = {mode: env_state(env) for mode, env in self._envs.items()} | self._resumed_envs
+        return {"cadence": self.cadence.state_dict(), "history": self.history, "envs": envs}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._next, self.history = state_dict["next"], state_dict["history"]
+        self.cadence.load_state_dict(state_dict["cadence"])
+        self.history = state_dict["history"]
+        self._resumed_envs = dict(state_dict.get("envs", {}))
 
 
 # --------------------------------------------------------------------------- `sgqn evaluate`
@@ -282,41 +290,149 @@ def write_tables(rows: list[dict[str, Any]], out_dir: Path) -> tuple[Path, Path]
     return csv_path, md_path
 
 
-def log_tables_to_runs(checkpoints: Sequence[str], files: Sequence[Path], rows: list[dict[str, Any]]) -> None:
-    """Attach the tables (and final metrics) to the MLflow run each checkpoint was trained in."""
+def checkpoint_run(path: str | Path) -> tuple[str, str] | None:
+    """The (run id, tracking URI) a checkpoint was trained in, as `RecordRunId` stored it."""
+    info = torch.load(path, map_location="cpu", weights_only=False).get("mlflow")
+    return (info["run_id"], info["tracking_uri"]) if info else None
+
+
+def log_tables_to_runs(
+    runs: Sequence[tuple[str, str]], files: Sequence[Path], rows: list[dict[str, Any]]
+) -> None:
+    """Attach the tables (and final metrics) to MLflow runs, given as (run id, tracking URI)."""
     from mlflow import MlflowClient
 
-    for path in checkpoints:
-        info = torch.load(path, map_location="cpu", weights_only=False).get("mlflow")
-        if not info:
-            log.warning("%s records no MLflow run; tables not logged", path)
-            continue
-        client = MlflowClient(tracking_uri=info["tracking_uri"])
+    for run_id, tracking_uri in dict.fromkeys(runs):  # once per run, in order
+        client = MlflowClient(tracking_uri=tracking_uri)
         for file in files:
-            client.log_artifact(info["run_id"], str(file), artifact_path="evaluation")
+            client.log_artifact(run_id, str(file), artifact_path="evaluation")
         for row in rows:
             if not math.isnan(row["return_mean"]):
-                client.log_metric(info["run_id"], f"final/{row['mode']}/return_mean", row["return_mean"])
+                client.log_metric(run_id, f"final/{row['mode']}/return_mean", row["return_mean"])
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults after every flag's help; the examples in the epilog keep their line breaks."""
+
+
+def evaluate_parser() -> argparse.ArgumentParser:
+    from sgqn.envs.modes import DISTRACTING_CS_INTENSITIES, MODES
+    from sgqn.tracking import default_tracking_uri
+
+    names = [m if m != "distracting_cs" else "distracting_cs@<intensity>" for m in MODES]
+    intensities = ", ".join(map(str, DISTRACTING_CS_INTENSITIES))
+
+    def mode(value: str) -> str:
+        # Fails at parse time rather than after loading the first checkpoint.
+        name, at, intensity = value.partition("@")
+        if name not in MODES or bool(at) != (name == "distracting_cs"):
+            raise argparse.ArgumentTypeError(f"unknown mode {value!r}; choose from {', '.join(names)}")
+        if at:
+            try:
+                ok = any(abs(float(intensity) - i) < 1e-9 for i in DISTRACTING_CS_INTENSITIES)
+            except ValueError:
+                ok = False
+            if not ok:
+                raise argparse.ArgumentTypeError(f"{value!r}: the intensity is one of {intensities}")
+        return value
+
+    parser = argparse.ArgumentParser(
+        prog="sgqn evaluate",
+        description="Evaluate checkpoints in the train env and DMC-GB test modes; write results.{csv,md}\n"
+        "and attach them (and final/<mode>/return_mean) to each checkpoint's MLflow run.",
+        formatter_class=_HelpFormatter,
+        epilog="examples:\n"
+        "  sgqn evaluate --run my-run-name --modes train video_hard --episodes 10\n"
+        "  sgqn evaluate --run RUN_ID_SEED0 --run RUN_ID_SEED1 --experiment sgqn\n"
+        "  sgqn evaluate --ckpt seed0.ckpt seed1.ckpt seed2.ckpt --episodes 100",
+    )
+    parser.add_argument(
+        "--ckpt",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="PATH",
+        help="checkpoint file(s); several = seeds of one method (mean ± std over seeds)",
+    )
+    parser.add_argument(
+        "--run",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="RUN",
+        help="MLflow run id(s) or name(s) (a name means its newest run), repeatable; each run's "
+        "checkpoint is found in the folder its checkpoint_dir tag names, else downloaded from its "
+        "artifacts (when trained with --trainer.logger.init_args.log_model true)",
+    )
+    parser.add_argument(
+        "--which",
+        default="last",
+        help="which checkpoint of each --run: last, or a file name such as env_steps=100000",
+    )
+    parser.add_argument(
+        "--experiment",
+        default=None,
+        help="look --run names up in this MLflow experiment only; None searches all",
+    )
+    parser.add_argument(
+        "--tracking-uri",
+        default=default_tracking_uri(),
+        help="MLflow tracking URI where --run is looked up ($MLFLOW_TRACKING_URI or sqlite:///mlflow.db)",
+    )
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        type=mode,
+        default=list(DEFAULT_MODES),
+        metavar="MODE",
+        help=f"modes to evaluate in, from {{{', '.join(names)}}}, intensity in {{{intensities}}}",
+    )
+    parser.add_argument("--episodes", type=int, default=100, help="episodes per mode and checkpoint")
+    parser.add_argument(
+        "--out", type=Path, default=Path("results"), help="folder for results.csv and results.md"
+    )
+    parser.add_argument(
+        "--seed-offset",
+        type=int,
+        default=EVAL_SEED_OFFSET + 1,
+        help="added to each checkpoint's training seed to seed the eval envs (distinct from the "
+        "training env's and from the evaluations during fit)",
+    )
+    parser.add_argument("--no-log", action="store_true", help="do not attach the tables to the MLflow runs")
+    return parser
 
 
 def evaluate_main(argv: Sequence[str]) -> None:
-    parser = argparse.ArgumentParser(
-        prog="sgqn evaluate", description="Evaluate checkpoints in the train env and DMC-GB test modes."
-    )
-    parser.add_argument(
-        "--ckpt", nargs="+", required=True, help="checkpoint(s); several = seeds of one method"
-    )
-    parser.add_argument("--modes", nargs="+", default=list(DEFAULT_MODES))
-    parser.add_argument("--episodes", type=int, default=100)
-    parser.add_argument("--out", type=Path, default=Path("results"))
-    parser.add_argument("--seed-offset", type=int, default=EVAL_SEED_OFFSET + 1)
-    parser.add_argument("--no-log", action="store_true", help="do not attach the tables to the MLflow runs")
+    from sgqn.tracking import find_checkpoint, resolve_run
+
+    parser = evaluate_parser()
     args = parser.parse_args(list(argv))
-    per_checkpoint = {
-        p: evaluate_checkpoint(p, args.modes, args.episodes, args.seed_offset) for p in args.ckpt
-    }
+    if not args.ckpt and not args.run:
+        parser.error("give checkpoints with --ckpt PATH ... and/or MLflow runs with --run RUN ...")
+    runs: dict[str, tuple[str, str] | None] = {p: None for p in args.ckpt}  # None: read from the file
+    if args.run:
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=args.tracking_uri)
+        for run in args.run:
+            try:
+                run_id = resolve_run(client, run, args.experiment).info.run_id
+                found = find_checkpoint(run_id, args.tracking_uri, args.which)
+            except (LookupError, FileNotFoundError) as err:  # one line, not a traceback
+                parser.error(f"--run {run}: {err}")
+            log.info("run %s: %s", run, found)
+            runs[str(found)] = (run_id, args.tracking_uri)
+    per_checkpoint = {p: evaluate_checkpoint(p, args.modes, args.episodes, args.seed_offset) for p in runs}
     rows = results_table(per_checkpoint)
     files = write_tables(rows, args.out)
     print(files[1].read_text())
-    if not args.no_log:
-        log_tables_to_runs(args.ckpt, files, rows)
+    if args.no_log:
+        return
+    targets = []
+    for path, run_info in runs.items():
+        run_info = run_info or checkpoint_run(path)
+        if run_info is None:
+            log.warning("%s records no MLflow run; tables not logged", path)
+        else:
+            targets.append(run_info)
+    log_tables_to_runs(targets, files, rows)

@@ -1,6 +1,6 @@
 """`SGQNModule`: the SAC / SVEA / SGQN learner as a LightningModule with manual optimisation.
 
-One `training_step` = one agent update, in the reference order (SVEA / SGQN code bases):
+One `training_step` pulls a batch and runs `update`, one agent update, in the reference order (SVEA / SGQN code bases):
 
     augment → critic (+ SVEA overlay term | + SGQN consistency term) → [SGQN aux step: saliency of the
     updated critic] → [actor + temperature] → [target soft update] → [SGQN aux step: attribution predictor]
@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import platform
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import lightning as L
@@ -22,13 +23,19 @@ from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModule
 from torch import Tensor, nn
 
+from sgqn.guards import TrainingDiverged, all_finite, check_action, check_weights, nonfinite_message
 from sgqn.nets import Actor, AttributionDecoder, Critic, Encoder, squashed_gaussian_sample
 from sgqn.objectives import SACLoss, SGQNLoss, SVEALoss
-from sgqn.saliency import attribution_mask, guided_backprop
+from sgqn.saliency import ZeroTies, attribution_mask, guided_backprop
 
 log = logging.getLogger(__name__)
 
 Algorithm = Literal["sac", "svea", "sgqn"]
+OnNonFinite = Literal["stop", "skip"]
+
+
+class _SkipUpdate(Exception):
+    """A loss was non-finite under ``on_nonfinite="skip"``: the rest of the update is not applied."""
 
 
 def tune_cpu_malloc() -> bool:
@@ -61,6 +68,7 @@ class _Policy(nn.Module):
         batch_shape = pixels.shape[:-3]
         mean, log_std = self.actor(pixels.reshape(-1, *pixels.shape[-3:]))
         action = torch.tanh(mean) if self.deterministic else squashed_gaussian_sample(mean, log_std)[0]
+        check_action(action)  # the env copies it to the host anyway: the check's sync costs nothing extra
         return action.reshape(*batch_shape, action.shape[-1])
 
 
@@ -99,6 +107,10 @@ class SGQNModule(L.LightningModule):
         aux_beta: Adam β1 of the attribution predictor (0.9).
         aux_update_freq: attribution-predictor step every this many updates (2).
         consistency_weight: SGQN's λ on the consistency term (0.5).
+        mask_zero_ties: "keep" (reference): pixels tied with the ρ-quantile are salient, so a frame whose
+            guided attribution is zero on ≥ ρ of its pixels gets an all-ones mask (its consistency term
+            vanishes and the predictor learns "everything"); "drop": a zero attribution is never salient.
+            `train/mask_full_frames` logs how often the all-ones case happens.
         decoder_channels: the attribution decoder's first feature map and hidden conv widths ((32, 128, 64)
             as the paper; smaller for CPU smoke configs, where the decoder would dominate the update).
         subpixel_decoder: run the attribution decoder's upsample + conv pairs in sub-pixel form: the same
@@ -113,6 +125,10 @@ class SGQNModule(L.LightningModule):
         compile: `torch.compile` the no-grad forwards (TD target, the actor step's conv features): speed;
             same maths (the target's policy noise comes from inductor's RNG stream instead).
         tune_malloc: call `tune_cpu_malloc()` at setup (process-wide; large speed-up on CPU).
+        on_nonfinite: what a non-finite (NaN/inf) loss does: "stop" the run with `TrainingDiverged`
+            naming the loss and the update (checked once per update, after it: the last good checkpoint
+            is kept, none is written after); "skip": check each loss before its step and skip the rest of
+            the update from a non-finite one (`train/skipped_updates` counts them; one host sync per loss).
     """
 
     def __init__(
@@ -144,6 +160,7 @@ class SGQNModule(L.LightningModule):
         aux_beta: float = 0.9,
         aux_update_freq: int = 2,
         consistency_weight: float = 0.5,
+        mask_zero_ties: ZeroTies = "keep",
         decoder_channels: tuple[int, int, int] = (32, 128, 64),
         subpixel_decoder: bool = True,
         svea_alpha: float = 0.5,
@@ -153,10 +170,13 @@ class SGQNModule(L.LightningModule):
         autocast_bf16: bool = False,
         compile: bool = False,
         tune_malloc: bool = True,
+        on_nonfinite: OnNonFinite = "stop",
     ) -> None:
         super().__init__()
         if algorithm not in ("sac", "svea", "sgqn"):
             raise ValueError(f"unknown algorithm {algorithm!r}")
+        if on_nonfinite not in ("stop", "skip"):
+            raise ValueError(f"on_nonfinite must be 'stop' or 'skip', not {on_nonfinite!r}")
         self.save_hyperparameters()
         self.automatic_optimization = False
         obs_shape = (int(observation_shape[0]), int(observation_shape[1]), int(observation_shape[2]))
@@ -187,10 +207,12 @@ class SGQNModule(L.LightningModule):
                 decoder,
                 quantile=quantile,
                 consistency_weight=consistency_weight,
+                zero_ties=mask_zero_ties,
                 **sac_kwargs,
             )
         self.update_step: Tensor
         self.register_buffer("update_step", torch.zeros((), dtype=torch.long))
+        self.skipped_updates = 0  # saved in checkpoints by `on_save_checkpoint` (not a buffer: old ones load)
         if compile:
             self._compile_pure_parts()
 
@@ -250,17 +272,62 @@ class SGQNModule(L.LightningModule):
 
     # ------------------------------------------------------------------ training
 
-    def _optimize(self, optimizer: Any, loss: Tensor) -> None:
-        """zero_grad → backward into this optimizer's parameters only → step."""
+    def _optimize(self, optimizer: Any, loss: Tensor, name: str, losses: dict[str, Tensor]) -> None:
+        """[skip mode: refuse a non-finite loss] → zero_grad → backward into this optimizer's parameters
+        only → step; `losses` collects what was optimised for the once-per-update check."""
+        if self.hparams["on_nonfinite"] == "skip" and not bool(torch.isfinite(loss)):
+            raise _SkipUpdate(name)
+        losses[name] = loss.detach()
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss, inputs=[p for group in optimizer.param_groups for p in group["params"]])
         optimizer.step()
 
-    def training_step(self, batch: TensorDictBase, batch_idx: int) -> None:
-        hp: Any = self.hparams
-        loss = self.loss
+    def training_step(self, dataloader_iter: Iterator[tuple[TensorDictBase, int, int]]) -> None:
+        # The batch is pulled here rather than handed in by Lightning, whose default fetcher reads one
+        # batch ahead: the stream would then have stepped the env and drawn random numbers past the point
+        # a checkpoint records, and a resumed run could not continue exactly.
+        batch, _, _ = next(dataloader_iter)
+        if batch is None:  # an agent step of the random warm-up: nothing to learn yet
+            return
+        # What Lightning's loop does to a batch it hands in: the data module's transfer hooks (the stream
+        # counts trained batches there) and the move to this module's device.
+        batch = self._on_before_batch_transfer(batch, dataloader_idx=0)
+        self.update(self.trainer.strategy.batch_to_device(batch, dataloader_idx=0))
+
+    def update(self, batch: TensorDictBase) -> None:
+        """One agent update on `batch`, checked for non-finite losses (see `on_nonfinite`)."""
         step = int(self.update_step)
         self.update_step += 1
+        losses: dict[str, Tensor] = {}
+        try:
+            metrics = self._update(batch, step, losses)
+        except _SkipUpdate:
+            self.skipped_updates += 1
+            metrics = {}
+        else:
+            # One fused isfinite over every optimised loss, one host sync: stop before anything (env
+            # step, checkpoint, evaluation) uses the diverged weights. (Skip mode checked each already.)
+            if self.hparams["on_nonfinite"] == "stop" and not all_finite(losses.values()):
+                message = nonfinite_message(losses, step + 1, self._env_steps(), self.hparams)
+                raise TrainingDiverged(message + self._last_checkpoint_note())
+        if self.hparams["on_nonfinite"] == "skip":
+            metrics["skipped_updates"] = torch.tensor(float(self.skipped_updates))
+        if not metrics:
+            return
+        metrics = {f"train/{k}": v for k, v in metrics.items()}
+        # The progress bar and callbacks read these; the loggers get them below, on the update axis.
+        self.log_dict(metrics, on_step=True, on_epoch=False, logger=False, batch_size=batch.shape[0])
+        # MLflow's step for train/* is the update index (Lightning's batch counter also counts the
+        # warm-up's update-free agent steps). Even indices: the actor, alpha and aux losses exist there.
+        if self._trainer is not None and step % getattr(self.trainer, "log_every_n_steps", 50) == 0:
+            values = {k: float(v) for k, v in metrics.items()}
+            for logger in self.loggers:
+                logger.log_metrics(values, step=step)
+
+    def _update(self, batch: TensorDictBase, step: int, losses: dict[str, Tensor]) -> dict[str, Tensor]:
+        """One agent update (the order in the module docstring); returns its metrics."""
+        hp: Any = self.hparams
+        loss = self.loss
         critic_opt, actor_opt, alpha_opt, *aux_opt = self.optimizers()  # type: ignore[misc, attr-defined]
         keys = loss.tensor_keys
         action = batch.get(keys.action)
@@ -269,7 +336,7 @@ class SGQNModule(L.LightningModule):
 
         target_q = loss.target_value(next_obs, batch.get(keys.reward), batch.get(keys.terminated))
         loss_critic, metrics = loss.critic_loss(obs, action, target_q)
-        self._optimize(critic_opt, loss_critic)
+        self._optimize(critic_opt, loss_critic, "loss_critic", losses)
         metrics["target_q_mean"] = target_q.mean()
 
         # SGQN aux step: the saliency of the UPDATED critic, which the attribution predictor learns.
@@ -282,9 +349,9 @@ class SGQNModule(L.LightningModule):
         if step % hp.actor_update_freq == 0:
             features = saliency.features.detach() if saliency is not None else loss.conv_features(obs)
             loss_actor, actor_metrics = loss.actor_loss(features)
-            self._optimize(actor_opt, loss_actor)
+            self._optimize(actor_opt, loss_actor, "loss_actor", losses)
             loss_alpha, alpha_metrics = loss.alpha_loss(actor_metrics.pop("log_prob"))
-            self._optimize(alpha_opt, loss_alpha)
+            self._optimize(alpha_opt, loss_alpha, "loss_alpha", losses)
             metrics |= actor_metrics | alpha_metrics
 
         if step % hp.critic_target_update_freq == 0:
@@ -292,12 +359,26 @@ class SGQNModule(L.LightningModule):
 
         if saliency is not None:
             loss_attribution, aux_metrics = loss.attribution_loss(obs, action, saliency.mask)  # type: ignore[attr-defined]
-            self._optimize(aux_opt[0], loss_attribution)
+            self._optimize(aux_opt[0], loss_attribution, "loss_attribution", losses)
             metrics |= aux_metrics
+        return metrics
 
-        self.log_dict(
-            {f"train/{k}": v for k, v in metrics.items()}, on_step=True, on_epoch=False, batch_size=len(obs)
-        )
+    def _env_steps(self) -> int | None:
+        stats = getattr(getattr(self._trainer, "datamodule", None), "stats", None)
+        return None if stats is None else int(stats.env_steps)
+
+    def _last_checkpoint_note(self) -> str:
+        callback = getattr(self._trainer, "checkpoint_callback", None)
+        path = getattr(callback, "last_model_path", "") or getattr(callback, "best_model_path", "")
+        return f"; the last good checkpoint is kept: {path}" if path else "; no checkpoint had been saved yet"
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Raising here stops Lightning before it writes the file: last.ckpt keeps the last good weights.
+        check_weights(checkpoint["state_dict"], f"at agent step {self._env_steps()}")
+        checkpoint["skipped_updates"] = self.skipped_updates
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.skipped_updates = int(checkpoint.get("skipped_updates", 0))
 
     # ------------------------------------------------------------------ acting and inspection
 
@@ -326,7 +407,9 @@ class SGQNModule(L.LightningModule):
                 action = torch.tanh(self.actor(obs)[0])
             action = action.reshape(obs.shape[0], -1).float()
         attribution = guided_backprop(self.critic, obs, action)
-        mask = attribution_mask(attribution, self.hparams["quantile"])
+        mask = attribution_mask(
+            attribution, self.hparams["quantile"], zero_ties=self.hparams.get("mask_zero_ties", "keep")
+        )
         prob = None
         if isinstance(self.loss, SGQNLoss):
             with torch.no_grad():

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -104,18 +104,40 @@ def quantile_threshold(x: Tensor, q: float) -> Tensor:
     return torch.lerp(below, above, (rank - below_rank).to(x.device))
 
 
-def attribution_mask(attribution: Tensor, quantile: float, frames: int = 3) -> Tensor:
+ZeroTies = Literal["keep", "drop"]
+
+
+def attribution_mask(
+    attribution: Tensor, quantile: float, frames: int | None = None, zero_ties: ZeroTies = "keep"
+) -> Tensor:
     """M_ρ: per sample and per stacked frame, keep the pixels whose attribution is ≥ the ρ-quantile.
 
     A pixel's attribution is its max |attribution| over the frame's colour channels; the kept pixels are
-    repeated over those channels. Returns a bool mask shaped like `attribution`, `[B, C, H, W]`. Ties at
-    the threshold are kept (reference behaviour), so coverage is ≥ 1 − ρ.
+    repeated over those channels. Returns a bool mask shaped like `attribution`, `[B, C, H, W]`.
+
+    `frames` defaults to C / 3 (RGB frames). Ties at the threshold are kept (reference behaviour), so
+    coverage is ≥ 1 − ρ; in particular a frame whose attribution is 0 on at least a fraction ρ of its
+    pixels has threshold 0 and keeps EVERY pixel. `zero_ties="drop"` treats a zero attribution as "not
+    salient" instead (such a frame keeps only its non-zero pixels, none if all are zero); frames with a
+    positive threshold are unaffected.
     """
     b, c, h, w = attribution.shape
+    frames = c // 3 if frames is None else frames
+    if frames <= 0 or c % frames:
+        raise ValueError(f"{c} channels do not split into {frames} stacked frames")
     per_frame = attribution.detach().abs().reshape(b, frames, c // frames, h, w).amax(dim=2)  # [B, F, H, W]
     threshold = quantile_threshold(per_frame.float().flatten(2), quantile)  # [B, F]
     keep = per_frame >= threshold[..., None, None]
+    if zero_ties == "drop":
+        keep &= per_frame > 0
     return keep.repeat_interleave(c // frames, dim=1)
+
+
+def full_mask_fraction(mask: Tensor, frames: int | None = None) -> Tensor:
+    """Fraction of stacked frames whose mask keeps every pixel (the degenerate all-tied-at-zero case)."""
+    b, c = mask.shape[:2]
+    frames = c // 3 if frames is None else frames
+    return mask.reshape(b, frames, -1).all(dim=-1).float().mean()
 
 
 def masked_observation(obs: Tensor, mask: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -129,7 +151,9 @@ def masked_observation(obs: Tensor, mask: Tensor, generator: torch.Generator | N
 
 __all__ = [
     "GuidedReLU",
+    "ZeroTies",
     "attribution_mask",
+    "full_mask_fraction",
     "guided_backprop",
     "guided_backward",
     "guided_grad",

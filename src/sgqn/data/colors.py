@@ -11,6 +11,7 @@ import importlib.resources
 import json
 import logging
 import pickle
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -69,6 +70,26 @@ def _validate(raw: Any, origin: str) -> list[ColorSetting]:
     return settings
 
 
+def _refused_object(err: Exception) -> str | None:
+    """What torch's safe unpickler refused (``object `__main__.Foo```), or None: not a refusal but a
+    corrupt file. torch's advice in the message (allow-list it, or weights_only=False) is dropped."""
+    if not isinstance(err, pickle.UnpicklingError):
+        return None
+    text = str(err)
+    found = re.search(r"GLOBAL (\S+)", text) or re.search(
+        r"(?:but got|unrecognized function) (.+?)(?:\.?$|\n)", text
+    )
+    return f"the object `{found.group(1)}`" if found else None
+
+
+def _first_sentence(err: Exception) -> str:
+    """`Type: first sentence` of an error, without torch's advice (which suggests weights_only=False)."""
+    text = str(err).split("WeightsUnpickler error:")[-1]
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    first = first.split(". ")[0].rstrip(".")
+    return f"{type(err).__name__}: {first}" if first else type(err).__name__
+
+
 @functools.lru_cache(maxsize=16)
 def _load_pickle(path: str, mtime_ns: int) -> list[ColorSetting]:
     import torch
@@ -78,19 +99,19 @@ def _load_pickle(path: str, mtime_ns: int) -> list[ColorSetting]:
         # a tampered file cannot run code.
         with torch.serialization.safe_globals(_safe_numpy_globals()):
             raw = torch.load(path, weights_only=True, map_location="cpu")
-    except pickle.UnpicklingError as err:
-        # torch's message is long; keep its line naming the refused global.
-        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        reason = next(
-            (line for line in lines if "GLOBAL" in line or "Unsupported" in line), lines[0] if lines else ""
-        )
-        reason = reason.split(" was not an allowed global")[0]  # drop torch's advice to allow-list it
+    except Exception as err:  # a corrupt file surfaces as anything (IndexError, KeyError, …) from torch
+        refused = _refused_object(err)
+        if refused is not None:
+            raise DataSourceError(
+                f"{path} is a readable torch file but holds {refused}, which is refused for safety (its "
+                f"code is never run); expected DMC-GB's colour settings: a list of dicts of numpy arrays"
+            ) from err
+        size = Path(path).stat().st_size
         raise DataSourceError(
-            f"{path} holds objects other than a list of dicts of numpy arrays, refused for safety "
-            f"(only numpy array globals are allowed): {reason}"
+            f"{path} is corrupt or not a torch file ({size} bytes; {_first_sentence(err)}); expected "
+            f"DMC-GB's color_easy.pt / color_hard.pt (torch.save of a list of dicts of numpy arrays): "
+            f"copy it again from DMC-GB's src/env/data"
         ) from err
-    except (OSError, RuntimeError, EOFError) as err:
-        raise DataSourceError(f"cannot read colour settings {path}: {err}") from err
     return _validate(raw, path)
 
 

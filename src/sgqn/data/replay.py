@@ -9,16 +9,25 @@ and the sampler returns windows of `frame_stack + 1` rows that `StackFrames` tur
 
 Rows follow one contiguous stream of transitions (one env, as DMC-GB trains). Each episode ends with a
 closing row that holds the final next-frame and starts no transition.
+
+Storage is RAM (`memory`, the default) or memory-mapped files (`disk`, TorchRL's `LazyMemmapStorage`).
+A disk buffer's checkpoint is its metadata only: the files *are* the data. A row's id is its position in
+the stream, so the sampler can tell which rows belong to the checkpointed buffer: rows a crashed run wrote
+after its last checkpoint are never sampled before the resumed run rewrites them.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import os
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any, Literal
 
 import psutil
 import torch
 from tensordict import TensorDict, TensorDictBase
-from torchrl.data import LazyTensorStorage, TensorDictReplayBuffer
+from torchrl.data import LazyMemmapStorage, LazyTensorStorage, TensorDictReplayBuffer
 from torchrl.data.replay_buffers.samplers import Sampler
 from torchrl.data.replay_buffers.storages import Storage
 from torchrl.envs.transforms import Transform
@@ -30,37 +39,49 @@ FRAME, ROW, STEP, VALID = "frame", "row_id", "episode_step", "starts_transition"
 class FrameStackSampler(Sampler):
     """Uniform over stored transitions; returns `[batch, frame_stack + 1]` row windows.
 
-    Window `w` of transition row `i` is `max(i - frame_stack + 1 + m, episode_start(i))` for
+    Works on row ids (a row's position in the stream; storage slot = id mod the storage size). Window
+    `w` of transition `k` holds ids `max(k - frame_stack + 1 + m, episode_start(k))` for
     `m = 0 … frame_stack`: `w[:-1]` are the frames of `pixels`, `w[1:]` those of `("next", "pixels")`.
-    A transition is sampleable once its next row is written and while none of its window has been
-    overwritten (checked through the monotonically increasing row ids).
+    A window is sampleable when every slot still holds its id (nothing overwritten or not yet written),
+    its next row is written (`id < rows_written`) and all its ids lie among the newest `capacity` rows.
+    The last check makes a disk buffer with spare slots sample exactly what a `capacity`-slot buffer does.
     """
 
-    def __init__(self, frame_stack: int) -> None:
+    def __init__(self, frame_stack: int, capacity: int | None = None) -> None:
         self.frame_stack = frame_stack
+        self.capacity = capacity  # rows kept; None = the storage size
+        self.rows_written = 0  # set by FrameReplay after each write
         self._offsets = torch.arange(-frame_stack + 1, 2)
 
-    def _windows(self, storage: Storage, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _kept(self, storage: Storage) -> int:
+        capacity = storage.max_size if self.capacity is None else self.capacity
+        return min(self.rows_written, capacity)
+
+    def _windows(self, storage: Storage, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         data = storage._storage
-        capacity = storage.max_size
-        step = data[STEP][rows].long()
-        start = rows - step  # unwrapped index of the episode's first row
-        unwrapped = torch.maximum(rows[:, None] + self._offsets, start[:, None])
-        windows = unwrapped % capacity
-        ids = data[ROW][windows]
-        expected = ids[:, -2:-1] + (unwrapped - rows[:, None])  # contiguous ids ⇔ nothing overwritten
-        intact = (ids == expected).all(dim=1) & data[VALID][rows].reshape(-1)
+        slots = storage.max_size
+        rows = ids % slots
+        start = ids - data[STEP][rows].long()  # id of the episode's first row (if `rows` holds `ids`)
+        window_ids = torch.maximum(ids[:, None] + self._offsets, start[:, None])
+        windows = window_ids % slots
+        intact = (
+            (data[ROW][windows] == window_ids).all(dim=1)
+            & (window_ids[:, 0] >= self.rows_written - self._kept(storage))
+            & (window_ids[:, -1] < self.rows_written)
+            & data[VALID][rows].reshape(-1)
+        )
         return windows, intact
 
     def sample(self, storage: Storage, batch_size: int) -> tuple[torch.Tensor, dict]:
-        filled = len(storage)
-        if filled < 2:
+        kept = self._kept(storage)
+        if kept < 2:
             raise RuntimeError("the replay buffer holds no complete transition yet")
+        oldest = self.rows_written - kept
         picked: list[torch.Tensor] = []
         needed = batch_size
         for _ in range(100):  # rejection sampling: nearly every row is a transition
-            rows = torch.randint(filled, (needed + needed // 8 + 4,))
-            windows, intact = self._windows(storage, rows)
+            ids = oldest + torch.randint(kept, (needed + needed // 8 + 4,))
+            windows, intact = self._windows(storage, ids)
             picked.append(windows[intact][:needed])
             needed -= picked[-1].shape[0]
             if needed == 0:
@@ -77,28 +98,100 @@ class FrameStackSampler(Sampler):
         pass
 
     def state_dict(self) -> dict[str, Any]:
-        return {"frame_stack": self.frame_stack}
+        return {"frame_stack": self.frame_stack, "capacity": self.capacity, "rows_written": self.rows_written}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.frame_stack = state_dict["frame_stack"]
+        self.capacity = state_dict.get("capacity", self.capacity)
+        self.rows_written = state_dict.get("rows_written", self.rows_written)
         self._offsets = torch.arange(-self.frame_stack + 1, 2)
 
 
-class GatherStorage(LazyTensorStorage):
-    """`LazyTensorStorage` whose reads by an index tensor use `index_select` on each field.
+def _index_select_get(storage: LazyTensorStorage, index: Any) -> Any:
+    """Rows at a long index tensor via `index_select` per field, or None for other indices.
 
     PyTorch's advanced indexing (what TensorDict indexing does) copies a uint8 frame batch element by
     element: ~12 ms for a batch of 128 windows of 84×84 frames on a 2-core CPU, against ~1 ms for
-    `index_select`'s row copies. Same values (pinned by a test).
+    `index_select`'s row copies. Same values (pinned by a test); on memory-mapped fields it returns
+    plain tensors.
     """
+    if not (isinstance(index, torch.Tensor) and index.dtype == torch.long and storage.initialized):
+        return None
+    flat = index.reshape(-1)
+    return storage._storage.apply(
+        lambda t: t.index_select(0, flat).unflatten(0, index.shape), batch_size=index.shape
+    )
+
+
+class GatherStorage(LazyTensorStorage):
+    """`LazyTensorStorage` (RAM) whose reads by an index tensor use `index_select` on each field."""
 
     def get(self, index: Any) -> Any:
-        if not (isinstance(index, torch.Tensor) and index.dtype == torch.long and self.initialized):
-            return super().get(index)
-        flat = index.reshape(-1)
-        return self._storage.apply(
-            lambda t: t.index_select(0, flat).unflatten(0, index.shape), batch_size=index.shape
-        )
+        rows = _index_select_get(self, index)
+        return super().get(index) if rows is None else rows
+
+
+class GatherMemmapStorage(LazyMemmapStorage):
+    """`LazyMemmapStorage` (files in `scratch_dir`) with `GatherStorage`'s fast reads.
+
+    The files are allocated in full when created: TorchRL's are sparse, and a write into a sparse
+    memory map on a full disk kills the process with SIGBUS instead of raising.
+    """
+
+    def __init__(self, max_size: int, scratch_dir: str | Path) -> None:
+        # existsok: a fresh run overwrites the files of an earlier one in the same folder.
+        super().__init__(max_size, scratch_dir=scratch_dir, existsok=True, auto_cleanup=False)
+
+    def get(self, index: Any) -> Any:
+        rows = _index_select_get(self, index)
+        return super().get(index) if rows is None else rows
+
+    def _init_standard(self, data: Any) -> None:
+        super()._init_standard(data)
+        for path in self.files():
+            _reserve(path)
+
+    def files(self) -> list[Path]:
+        """The memory-mapped field files (empty before the first write)."""
+        if not self.initialized:
+            return []
+        leaves = self._storage.values(include_nested=True, leaves_only=True)
+        return [Path(t.filename) for t in leaves]
+
+    def flush(self) -> None:
+        """fsync every field file. Rows written through the memory map already survive the process
+        (a `kill -9`) in the page cache; this makes them survive the machine too."""
+        for path in self.files():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def reopen(self, length: int) -> None:
+        """Map the field files already in `scratch_dir` (as TorchRL's `loads` does for its own folder)."""
+        folder = Path(self.scratch_dir)
+        if not (folder / "meta.json").exists():
+            raise FileNotFoundError(
+                f"no replay files in {folder}: a disk replay resumes from the memory-mapped files its run "
+                "wrote there"
+            )
+        storage = TensorDict.load_memmap(folder)
+        if storage.shape[0] != self.max_size:
+            raise ValueError(
+                f"the replay files in {folder} hold {storage.shape[0]:,} rows, not {self.max_size:,}"
+            )
+        self._storage, self.initialized, self._len = storage, True, length
+
+
+def _reserve(path: Path) -> None:
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError:  # file systems without fallocate keep the sparse file
+        pass
+    finally:
+        os.close(fd)
 
 
 class StackFrames(Transform):
@@ -189,6 +282,14 @@ class FrameReplay:
         batch_size: transitions per sample.
         frame_shape: `(C, H, W)` of one frame, for the memory check.
         action_dim: action size, for the memory check.
+        storage: ``memory`` (RAM; checked against free RAM) or ``disk`` (memory-mapped files in
+            `scratch_dir`, allocated in full up front; checked against free disk space).
+        scratch_dir: folder of the ``disk`` storage's files.
+        spare_rows: extra slots beyond `capacity` (sampling still draws from the newest `capacity`
+            rows). Rows a crashed run wrote after its last checkpoint land in these slots instead of
+            over rows the checkpoint still samples; with at least as many spare rows as rows written
+            between checkpoints, a resumed wrapped-around disk buffer samples exactly as an
+            uninterrupted one. Not needed while the buffer has not wrapped around.
     """
 
     def __init__(
@@ -198,11 +299,31 @@ class FrameReplay:
         batch_size: int,
         frame_shape: tuple[int, int, int],
         action_dim: int,
+        *,
+        storage: Literal["memory", "disk"] = "memory",
+        scratch_dir: str | Path | None = None,
+        spare_rows: int = 0,
     ) -> None:
-        check_capacity_fits(capacity, frame_shape, action_dim)
+        slots = capacity + spare_rows
+        self.storage_kind = storage
+        store: LazyTensorStorage
+        if storage == "memory":
+            check_capacity_fits(slots, frame_shape, action_dim)
+            store = GatherStorage(slots)
+            self.scratch_dir: Path | None = None
+        elif storage == "disk":
+            if scratch_dir is None:
+                raise ValueError("a disk replay needs a scratch_dir for its files")
+            self.scratch_dir = Path(scratch_dir).absolute()
+            self.scratch_dir.mkdir(parents=True, exist_ok=True)
+            check_disk_fits(slots, frame_shape, action_dim, self.scratch_dir, spare_rows=spare_rows)
+            store = GatherMemmapStorage(slots, self.scratch_dir)
+        else:
+            raise ValueError(f"replay storage must be 'memory' or 'disk', got {storage!r}")
+        self.sampler = FrameStackSampler(frame_stack, capacity)
         self.buffer = TensorDictReplayBuffer(
-            storage=GatherStorage(capacity),
-            sampler=FrameStackSampler(frame_stack),
+            storage=store,
+            sampler=self.sampler,
             transform=StackFrames(frame_stack),
             batch_size=batch_size,
         )
@@ -212,19 +333,80 @@ class FrameReplay:
         rows = transitions_to_rows(transitions, self.rows_written)
         self.buffer.extend(rows)
         self.rows_written += rows.shape[0]
+        self.sampler.rows_written = self.rows_written
 
     def sample(self) -> TensorDictBase:
+        """A stacked batch; its ``"index"`` entry holds the sampled row windows (see `gather`)."""
         return self.buffer.sample()
+
+    def gather(self, windows: torch.Tensor) -> TensorDictBase:
+        """The batch `sample` returned with these windows, while their rows are not overwritten."""
+        batch = self.buffer.transform(self.buffer.storage.get(windows))
+        batch["index"] = windows
+        return batch
 
     def __len__(self) -> int:
         return len(self.buffer)
 
+    def flush(self) -> None:
+        """Make every written row durable on disk (no-op in memory)."""
+        if isinstance(self.buffer.storage, GatherMemmapStorage):
+            self.buffer.storage.flush()
+
     def state_dict(self) -> dict[str, Any]:
-        return {"buffer": self.buffer.state_dict(), "rows_written": self.rows_written}
+        """Everything needed to resume. In memory: the rows too. On disk: metadata only (the files are
+        the data; flushed here so that the checkpoint never refers to rows not on disk)."""
+        if self.storage_kind == "memory":
+            return {"buffer": self.buffer.state_dict(), "rows_written": self.rows_written}
+        self.flush()
+        storage = self.buffer.storage
+        return {
+            "storage": "disk",
+            "scratch_dir": str(self.scratch_dir),
+            "slots": storage.max_size,
+            "initialized": storage.initialized,
+            "len": len(storage),
+            "writer": self.buffer._writer.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "rows_written": self.rows_written,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.buffer.load_state_dict(state["buffer"])
+        """Restore a `state_dict`; a disk buffer maps the files in this replay's `scratch_dir`."""
+        kind = state.get("storage", "memory")
+        if kind != self.storage_kind:
+            raise ValueError(f"cannot load a {kind} replay state into a {self.storage_kind} replay")
         self.rows_written = state["rows_written"]
+        if kind == "memory":
+            self.buffer.load_state_dict(state["buffer"])
+            self.sampler.rows_written = self.rows_written
+            return
+        storage = self.buffer.storage
+        assert isinstance(storage, GatherMemmapStorage)
+        if state["slots"] != storage.max_size:
+            raise ValueError(
+                f"the checkpointed replay has {state['slots']:,} slots, this one {storage.max_size:,}"
+            )
+        self.buffer._writer.load_state_dict(state["writer"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.sampler.rows_written = self.rows_written
+        if state["initialized"]:
+            storage.reopen(state["len"])
+            self._warn_lost_rows()
+
+    def _warn_lost_rows(self) -> None:
+        # Rows written after the checkpoint hold ids ≥ rows_written; each replaced the row one storage
+        # size older, which the resumed buffer would still sample if it is among the newest `capacity`.
+        ids = self.buffer.storage._storage[ROW]
+        kept = self.sampler._kept(self.buffer.storage)
+        replaced = ids[ids >= self.rows_written] - ids.shape[0]
+        lost = int((replaced >= self.rows_written - kept).sum())
+        if lost:
+            warnings.warn(
+                f"{lost:,} replay rows were overwritten after the checkpoint (more rows written since than "
+                "spare_rows); they are skipped until rewritten, so sampling differs from the original run",
+                stacklevel=3,
+            )
 
 
 def check_capacity_fits(capacity: int, frame_shape: tuple[int, int, int], action_dim: int) -> None:
@@ -236,4 +418,29 @@ def check_capacity_fits(capacity: int, frame_shape: tuple[int, int, int], action
             f"replay capacity {capacity:,} needs {capacity * per_row / 2**30:.1f} GiB but only "
             f"{budget / 2**30:.1f} GiB are available (80% of free RAM); a capacity of at most "
             f"{budget // per_row:,} fits"
+        )
+
+
+def check_disk_fits(
+    rows: int,
+    frame_shape: tuple[int, int, int],
+    action_dim: int,
+    folder: str | Path,
+    *,
+    spare_rows: int = 0,
+) -> None:
+    """Fail early when `rows` disk replay rows cannot be allocated in `folder`.
+
+    Field files already there (an earlier or resumed run's) are reused, so their space counts as free.
+    """
+    folder = Path(folder)
+    per_row = bytes_per_row(frame_shape, action_dim)
+    reusable = sum(f.stat().st_blocks * 512 for f in folder.rglob("*.memmap")) if folder.exists() else 0
+    existing = folder if folder.exists() else next(p for p in folder.parents if p.exists())
+    budget = shutil.disk_usage(existing).free + reusable
+    if rows * per_row > budget:
+        fits = max(budget // per_row - spare_rows, 0)
+        raise ValueError(
+            f"disk replay of {rows:,} rows needs {rows * per_row / 2**30:.1f} GiB but {folder} has only "
+            f"{budget / 2**30:.1f} GiB free; a capacity of at most {fits:,} fits"
         )

@@ -4,17 +4,26 @@
 `Collector` by one agent step (the policy is the LightningModule's own actor, so its weights are
 always current), writes the transition to the replay buffer and yields the sampled batches that the
 update schedule asks for. The run length is counted in *agent steps*, never in optimizer steps.
+
+Resume: `DMCDataModule.state_dict` holds everything the stream needs to continue exactly as if never
+interrupted, given that the trainer restores torch's global RNG (random warm-up actions, replay sampling
+and the policy's exploration noise draw from it): the replay (on disk: metadata only), the env mid-episode
+(`sgqn.envs.state`), the collector's frame counter and current observation, and the batches Lightning has
+prefetched but not trained on (re-yielded first after a resume).
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
-from tensordict import TensorDictBase
+import torch
+from tensordict import TensorDict, TensorDictBase
 from torch.utils.data import DataLoader, IterableDataset
 from torchrl.collectors import Collector
 from torchrl.envs import EnvBase, StepCounter
@@ -22,6 +31,10 @@ from torchrl.envs import EnvBase, StepCounter
 from sgqn.data.replay import FrameReplay
 from sgqn.data.sources import DataSources
 from sgqn.envs import make_env
+from sgqn.envs.state import env_state, load_env_state
+
+# Batches remembered for a resume: Lightning prefetches one batch ahead of the training step.
+_RECENT_BATCHES = 8
 
 
 @dataclass
@@ -52,7 +65,8 @@ def updates_due(env_steps: int, init_steps: int, updates_per_step: int) -> int:
 
 
 class EnvStream(IterableDataset):
-    """Steps the collector and yields replay batches until `num_env_steps` agent steps are collected."""
+    """Steps the collector and yields replay batches until `num_env_steps` agent steps are collected;
+    `None` for an agent step with no update due (the random warm-up)."""
 
     def __init__(
         self,
@@ -68,6 +82,9 @@ class EnvStream(IterableDataset):
         self.collector, self.replay = collector, replay
         self.num_env_steps, self.init_steps = num_env_steps, init_steps
         self.updates_per_step, self.stats, self.fps_window = updates_per_step, stats, fps_window
+        self.pending = 0  # batches due at the latest step and not yet yielded
+        self.recent: deque[torch.Tensor] = deque(maxlen=_RECENT_BATCHES)  # windows of the latest batches
+        self._replay_first: list[torch.Tensor] = []  # yielded before an interruption, never trained on
 
     def _record(self, transitions: TensorDictBase) -> None:
         stats = self.stats
@@ -87,21 +104,70 @@ class EnvStream(IterableDataset):
             stats.fps = stats._window_steps / (now - stats._window_start)
             stats._window_start, stats._window_steps = now, 0
 
-    def __iter__(self) -> Iterator[TensorDictBase]:
+    def _sample(self) -> TensorDictBase:
+        self.pending -= 1
+        self.stats.updates += 1
+        batch = self.replay.sample()
+        self.recent.append(batch["index"])
+        return batch
+
+    def __iter__(self) -> Iterator[TensorDictBase | None]:
+        while self._replay_first:  # counted in `stats.updates` already
+            batch = self.replay.gather(self._replay_first.pop(0))
+            self.recent.append(batch["index"])
+            yield batch
+        while self.pending > 0:
+            yield self._sample()
+        if self.stats.env_steps >= self.num_env_steps:
+            return
         for transitions in self.collector:
             transitions = transitions.reshape(-1)
             self.replay.extend(transitions)
             before = self.stats.env_steps
             self._record(transitions)
-            due = sum(
+            self.pending = sum(
                 updates_due(step, self.init_steps, self.updates_per_step)
                 for step in range(before + 1, self.stats.env_steps + 1)
             )
-            for _ in range(due):
-                self.stats.updates += 1
-                yield self.replay.sample()
+            if self.pending == 0:
+                # No update due (the random warm-up): yield control anyway, so the trainer's callbacks
+                # (progress, evaluation, checkpoints) see every agent step, the warm-up included.
+                yield None
+            while self.pending > 0:
+                yield self._sample()
             if self.stats.env_steps >= self.num_env_steps:
                 return
+
+    def state_dict(self, unconsumed: int = 0) -> dict[str, Any]:
+        """Resume state; `unconsumed`: how many of the latest yielded batches were never trained on."""
+        if unconsumed > len(self.recent):
+            raise RuntimeError(f"{unconsumed} batches were prefetched, more than the {len(self.recent)} kept")
+        windows = list(self.recent)[len(self.recent) - unconsumed :]
+        return {"pending": self.pending, "unconsumed": [w.clone() for w in windows]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.pending = state["pending"]
+        self._replay_first = list(state["unconsumed"])
+
+
+def collector_state(collector: Collector) -> dict[str, Any]:
+    """The collector's own resume state: frame counter (random warm-up vs policy), trajectory ids and
+    the carrier, i.e. the observation the next step acts on. (TorchRL's `Collector.state_dict` keeps
+    neither the carrier nor the env's state, and adds the policy weights.)"""
+    return {
+        "frames": collector._frames,
+        "iter": collector._iter,
+        "traj_pool": collector._traj_pool.state_dict(),
+        "carrier": collector._carrier.to_dict(),
+    }
+
+
+def load_collector_state(collector: Collector, state: dict[str, Any]) -> None:
+    """Restore `collector_state` (after the env's state: the carrier must match it)."""
+    collector._frames, collector._iter = state["frames"], state["iter"]
+    collector._traj_pool.load_state_dict(state["traj_pool"])
+    carrier = collector._carrier
+    collector._carrier = TensorDict(state["carrier"], batch_size=carrier.batch_size, device=carrier.device)
 
 
 def _first(batch: Any) -> Any:
@@ -122,7 +188,18 @@ class DMCDataModule(L.LightningDataModule):
         init_steps: agent steps of uniform random actions before the first update (paper: 1000).
         updates_per_step: gradient updates per collected agent step after `init_steps` (paper: 1).
         batch_size: transitions per update batch (paper: 128).
-        replay_capacity: transitions kept in replay (default: the whole run); checked against free RAM.
+        replay_capacity: transitions kept in replay (default: the whole run); checked against free RAM
+            (``memory``) or free disk space (``disk``).
+        replay_storage: ``memory`` (RAM) or ``disk`` (memory-mapped files in `replay_dir`, allocated in
+            full at the first write, ~21 KB per transition at 84 px; a checkpoint then holds only the
+            replay's metadata, the files being its data; they are kept after the run for resuming).
+        replay_dir: folder of the ``disk`` replay's files; ``None`` = ``replay/`` beside the run's
+            checkpoint folder (``<trainer.default_root_dir>/<experiment id>/<run id>/replay``).
+            One folder per run: a resumed run reopens the folder its checkpoint names.
+        replay_spare_rows: ``disk`` only: file rows beyond `replay_capacity`, so that rows written after the
+            last checkpoint by a run that then crashed never replace rows the checkpoint still samples.
+            A resume is exact with at least as many as the agent steps between checkpoints (+1% for
+            episode ends); 0 is exact while the buffer has not wrapped around (the default capacity).
         frames_per_batch: agent steps per collector iteration (1 keeps the reference's
             one-update-per-step interleaving exact).
         dmcgb_root: a DMC-GB data folder (`color_*.pt`, `video_easy/`, `video_hard/`) for the test
@@ -144,6 +221,9 @@ class DMCDataModule(L.LightningDataModule):
         updates_per_step: int = 1,
         batch_size: int = 128,
         replay_capacity: int | None = None,
+        replay_storage: Literal["memory", "disk"] = "memory",
+        replay_dir: str | None = None,
+        replay_spare_rows: int = 0,
         frames_per_batch: int = 1,
         dmcgb_root: str | None = None,
         davis_root: str | None = None,
@@ -154,6 +234,9 @@ class DMCDataModule(L.LightningDataModule):
         self.stats = StreamStats()
         self.replay: FrameReplay | None = None
         self.collector: Collector | None = None
+        self.stream: EnvStream | None = None
+        self._resume: dict[str, Any] | None = None  # loaded before `build`, applied by it
+        self._consumed: int | None = None  # batches handed to training steps (see on_before_batch_transfer)
         probe = self.make_env(mode="train")
         self.observation_shape: tuple[int, int, int] = tuple(probe.observation_spec["pixels"].shape)  # type: ignore[assignment]
         self.action_dim: int = int(probe.action_spec.shape[-1])
@@ -187,23 +270,40 @@ class DMCDataModule(L.LightningDataModule):
         )
 
     def build(self, policy: Callable[[TensorDictBase], TensorDictBase]) -> EnvStream:
-        """Collector and replay around `policy` (the module's exploration policy)."""
+        """Collector and replay around `policy` (the module's exploration policy); resumes a loaded state."""
         hp: Any = self.hparams
-        env = self.make_env()
+        env = self.make_env()  # seeded: no `collector.set_seed`, whose env reset would desync its first obs
         env.append_transform(StepCounter())  # episode step → replay rows know where episodes start
-        self.collector = Collector(
-            env,
-            policy,
-            frames_per_batch=hp.frames_per_batch,
-            total_frames=-1,
-            init_random_frames=hp.init_steps,
-            auto_register_policy_transforms=False,  # the actor reads pixels only; no InitTracker
-        )
-        self.collector.set_seed(hp.seed)
+        # The collector runs the policy once on its first observation (to learn its output keys): keep
+        # that call's exploration noise out of the global RNG stream, which a resume restores before this.
+        with torch.random.fork_rng():
+            self.collector = Collector(
+                env,
+                policy,
+                frames_per_batch=hp.frames_per_batch,
+                total_frames=-1,
+                init_random_frames=hp.init_steps,
+                auto_register_policy_transforms=False,  # the actor reads pixels only; no InitTracker
+            )
         capacity = hp.replay_capacity or hp.num_env_steps + hp.num_env_steps // 100 + 1
         frame_shape = (3, *self.observation_shape[1:])
-        self.replay = FrameReplay(capacity, hp.frame_stack, hp.batch_size, frame_shape, self.action_dim)
-        return EnvStream(
+        resume = self._resume
+        disk = hp.replay_storage == "disk"
+        if disk and resume is not None and "replay" in resume:
+            scratch_dir: Path | None = Path(resume["replay"]["scratch_dir"])  # the files the state refers to
+        else:
+            scratch_dir = self.resolve_replay_dir() if disk else None
+        self.replay = FrameReplay(
+            capacity,
+            hp.frame_stack,
+            hp.batch_size,
+            frame_shape,
+            self.action_dim,
+            storage=hp.replay_storage,
+            scratch_dir=scratch_dir,
+            spare_rows=hp.replay_spare_rows if disk else 0,
+        )
+        self.stream = EnvStream(
             self.collector,
             self.replay,
             num_env_steps=hp.num_env_steps,
@@ -211,23 +311,90 @@ class DMCDataModule(L.LightningDataModule):
             updates_per_step=hp.updates_per_step,
             stats=self.stats,
         )
+        if resume is not None and "replay" in resume:
+            self._restore(resume)
+        self._resume = None
+        return self.stream
+
+    def resolve_replay_dir(self) -> Path:
+        """Where a new ``disk`` replay keeps its files (a resumed one: where its checkpoint says)."""
+        hp: Any = self.hparams
+        if hp.replay_dir is not None:
+            return Path(hp.replay_dir)
+        if self.trainer is not None:
+            # Beside the run's checkpoints (`<root>/<experiment id>/<run id>/`): one folder per run.
+            folder = getattr(self.trainer.checkpoint_callback, "dirpath", None)
+            if folder:
+                return Path(folder).parent / "replay"
+            return Path(self.trainer.default_root_dir) / "replay"
+        raise ValueError("replay_storage='disk' needs replay_dir (or a trainer: <default_root_dir>/replay)")
 
     def train_dataloader(self) -> DataLoader:
         module = self.trainer.lightning_module  # type: ignore[union-attr]
         stream = self.build(module.policy_module(deterministic=False))  # type: ignore[operator]
-        return DataLoader(stream, batch_size=None, collate_fn=_first, num_workers=0)
+        # Its own generator: creating a loader iterator draws a worker seed, from the global RNG otherwise,
+        # which would shift every later draw of a resumed run (it restores the RNG before this).
+        return DataLoader(
+            stream, batch_size=None, collate_fn=_first, num_workers=0, generator=torch.Generator()
+        )
 
     def teardown(self, stage: str) -> None:
         if self.collector is not None:
             self.collector.shutdown()
             self.collector = None
 
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # Lightning calls this right before each training step, while its fetcher has already pulled the
+        # next batch from the stream: counting here tells a checkpoint which batches were trained on.
+        if batch is not None:  # None: an agent step with no update due
+            self._consumed = (self._consumed or 0) + 1
+        return batch
+
     def state_dict(self) -> dict[str, Any]:
-        return {"stats": {k: v for k, v in vars(self.stats).items() if not k.startswith("_")}}
+        """Stream statistics and, once built, everything an exact resume needs (see the module docstring).
+
+        A disk replay is flushed here, so the checkpoint never refers to rows that are not on disk.
+        """
+        state: dict[str, Any] = {
+            "stats": {k: v for k, v in vars(self.stats).items() if not k.startswith("_")}
+        }
+        if self.stream is None or self.collector is None or self.replay is None:
+            if self._resume is not None:  # loaded, not built yet: carry the state over
+                state |= {k: v for k, v in self._resume.items() if k != "stats"}
+            return state
+        consumed = self.stats.updates if self._consumed is None else self._consumed
+        state["replay"] = self.replay.state_dict()
+        state["env"] = env_state(self.collector.env)
+        state["collector"] = collector_state(self.collector)
+        state["stream"] = self.stream.state_dict(unconsumed=self.stats.updates - consumed) | {
+            "consumed": consumed
+        }
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         for key, value in state_dict.get("stats", {}).items():
             setattr(self.stats, key, value)
+        if "replay" not in state_dict:  # statistics only (an older checkpoint, or saved before `build`)
+            return
+        if self.stream is not None:
+            self._restore(state_dict)
+        else:
+            self._resume = dict(state_dict)
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        assert self.collector is not None and self.replay is not None and self.stream is not None
+        self.replay.load_state_dict(state["replay"])
+        load_env_state(self.collector.env, state["env"])
+        load_collector_state(self.collector, state["collector"])
+        self.stream.load_state_dict(state["stream"])
+        self._consumed = state["stream"]["consumed"]
 
 
-__all__ = ["DMCDataModule", "EnvStream", "StreamStats", "updates_due"]
+__all__ = [
+    "DMCDataModule",
+    "EnvStream",
+    "StreamStats",
+    "collector_state",
+    "load_collector_state",
+    "updates_due",
+]

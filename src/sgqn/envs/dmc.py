@@ -37,6 +37,11 @@ class ActionRepeat(dm_env.Environment):
     def physics(self) -> Any:
         return self._env.physics
 
+    @property
+    def control_env(self) -> Any:
+        """The wrapped dm_control `Environment` (its episode step count lives there)."""
+        return self._env
+
     def reset(self) -> dm_env.TimeStep:
         return self._env.reset()
 
@@ -113,6 +118,15 @@ class ModePixels(pixels.Wrapper):
         with physics.reset_context():
             physics.set_state(state)
         return self.render_frame()
+
+    def mode_state(self) -> dict[str, Any]:
+        """The test mode's RNG and appearance state (plain Python values)."""
+        return {"rng": self.mode_rng.bit_generator.state, "mode": self.mode.state_dict()}
+
+    def load_mode_state(self, state: dict[str, Any]) -> None:
+        """Restore `mode_state` (after the physics state and model arrays)."""
+        self.mode_rng.bit_generator.state = state["rng"]
+        self.mode.load_state_dict(state["mode"], self._env.physics, self.mode_rng)
 
     def _add_pixel_observation(self, time_step: dm_env.TimeStep) -> dm_env.TimeStep:
         return time_step._replace(observation=collections.OrderedDict(pixels=self.render_frame()))

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from sgqn.augment import Overlay
 from sgqn.nets import Actor, AttributionDecoder, Critic
 from sgqn.objectives.sac import Metrics, SACLoss
-from sgqn.saliency import attribution_mask, guided_grad, masked_observation
+from sgqn.saliency import ZeroTies, attribution_mask, full_mask_fraction, guided_grad, masked_observation
 
 
 @dataclass
@@ -46,7 +46,9 @@ class SaliencyGuidance(nn.Module):
         quantile: ρ, the attribution quantile a pixel must reach to be salient (0.95; 0.98 for cartpole
             and ball_in_cup).
         consistency_weight: λ, weight of the consistency term in the critic loss (0.5).
-        frames: stacked frames in the observation (3); the mask is per frame.
+        frames: stacked frames in the observation; the mask is per frame (None: channels / 3).
+        zero_ties: "keep" (reference): pixels tied with the threshold are salient, so a frame whose
+            attribution is zero on ≥ ρ of its pixels keeps every pixel; "drop": zero is never salient.
     """
 
     def __init__(
@@ -55,11 +57,13 @@ class SaliencyGuidance(nn.Module):
         decoder: AttributionDecoder,
         quantile: float = 0.95,
         consistency_weight: float = 0.5,
-        frames: int = 3,
+        frames: int | None = None,
+        zero_ties: ZeroTies = "keep",
     ) -> None:
         super().__init__()
         self.critic, self.decoder = critic, decoder
         self.quantile, self.consistency_weight, self.frames = quantile, consistency_weight, frames
+        self.zero_ties: ZeroTies = zero_ties
 
     def saliency(self, obs: Tensor, action: Tensor, keep_graph: bool = False) -> Saliency:
         """One critic forward on `obs` → Q values, conv features and the guided-backprop mask.
@@ -72,7 +76,7 @@ class SaliencyGuidance(nn.Module):
             features = self.critic.encoder(obs)
             q1, q2 = self.critic.heads(features, action.detach())
             attribution = guided_grad(q1, obs, retain_graph=keep_graph)
-        mask = attribution_mask(attribution, self.quantile, self.frames)
+        mask = attribution_mask(attribution, self.quantile, self.frames, self.zero_ties)
         return Saliency(attribution, mask, q1, q2, features)
 
     def consistency_loss(
@@ -87,7 +91,11 @@ class SaliencyGuidance(nn.Module):
         masked_q1, masked_q2 = self.critic(masked_observation(obs, saliency.mask), action)
         loss = F.mse_loss(saliency.q1, masked_q1) + F.mse_loss(saliency.q2, masked_q2)
         loss = self.consistency_weight * loss
-        return loss, {"loss_consistency": loss.detach(), "mask_coverage": saliency.mask.float().mean()}
+        return loss, {
+            "loss_consistency": loss.detach(),
+            "mask_coverage": saliency.mask.float().mean(),
+            "mask_full_frames": full_mask_fraction(saliency.mask, self.frames),
+        }
 
     def predict(self, obs: Tensor, action: Tensor) -> Tensor:
         """Logits of the predicted saliency mask, `[B, C, H, W]` (trains the encoder and the projection)."""
@@ -109,6 +117,7 @@ class SGQNLoss(SACLoss):
         decoder: the `AttributionDecoder`.
         quantile: ρ (0.95).
         consistency_weight: λ (0.5).
+        zero_ties: see `SaliencyGuidance` ("keep", the reference).
         overlay_images: uint8 `[N, 3, H, W]` natural images for the overlay (or None, and
             `overlay.set_images(...)` later).
         overlay_alpha: overlay blend weight (0.5).
@@ -123,13 +132,14 @@ class SGQNLoss(SACLoss):
         *,
         quantile: float = 0.95,
         consistency_weight: float = 0.5,
+        zero_ties: ZeroTies = "keep",
         overlay_images: Tensor | None = None,
         overlay_alpha: float = 0.5,
         **sac_kwargs: float,
     ) -> None:
         super().__init__(actor, critic, **sac_kwargs)  # type: ignore[arg-type]
         self.overlay = Overlay(overlay_images, overlay_alpha)
-        self.guidance = SaliencyGuidance(critic, decoder, quantile, consistency_weight)
+        self.guidance = SaliencyGuidance(critic, decoder, quantile, consistency_weight, zero_ties=zero_ties)
 
     def critic_terms(self, obs: Tensor, action: Tensor, target_q: Tensor) -> tuple[Metrics, Metrics]:
         saliency = self.guidance.saliency(obs, action, keep_graph=True)
@@ -138,7 +148,11 @@ class SGQNLoss(SACLoss):
             "loss_critic": self.td_loss(saliency.q1, saliency.q2, target_q),
             "loss_consistency": loss_consistency,
         }
-        return terms, {"q1_mean": saliency.q1.detach().mean(), "mask_coverage": metrics["mask_coverage"]}
+        return terms, {
+            "q1_mean": saliency.q1.detach().mean(),
+            "mask_coverage": metrics["mask_coverage"],
+            "mask_full_frames": metrics["mask_full_frames"],
+        }
 
     def attribution_loss(
         self, obs: Tensor, action: Tensor, mask: Tensor | None = None

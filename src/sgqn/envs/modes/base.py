@@ -31,3 +31,14 @@ class Mode:
     def after_render(self, frame: np.ndarray) -> np.ndarray:
         """Post-process one rendered frame; must return a uint8 array of the same shape."""
         return frame
+
+    def state_dict(self) -> dict[str, Any]:
+        """The appearance state drawn since the last reset, as plain Python values (mid-episode resume)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any], physics: Any, rng: np.random.Generator) -> None:
+        """Restore `state_dict` on a mode bound to a fresh env of the same settings.
+
+        The env's physics state and model arrays are restored first (`sgqn.envs.state`); this re-applies
+        what lives elsewhere, e.g. textures uploaded to the GL context. `rng` is the env's mode RNG.
+        """

@@ -24,6 +24,7 @@ class ColorMode(Mode):
         self.name = name
         self.settings = settings
         self.current: ColorSetting | None = None
+        self._index = -1
 
     def bind(self, physics: Any) -> None:
         self._grid = BuiltinTexture(physics, "grid")
@@ -31,8 +32,18 @@ class ColorMode(Mode):
         self._self = material_id(physics, "self")
 
     def on_reset(self, physics: Any, rng: np.random.Generator) -> None:
-        setting = self.settings[int(rng.integers(len(self.settings)))]
+        self._apply(physics, int(rng.integers(len(self.settings))))
+
+    def _apply(self, physics: Any, index: int) -> None:
+        setting = self.settings[index]
         self._grid.set(physics, rgb1=setting["grid_rgb1"], rgb2=setting["grid_rgb2"])
         self._sky.set(physics, rgb1=setting["skybox_rgb"])
         physics.model.mat_rgba[self._self] = (*setting["self_rgb"], 1.0)
-        self.current = setting
+        self.current, self._index = setting, index
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"setting": self._index}
+
+    def load_state_dict(self, state: dict[str, Any], physics: Any, rng: np.random.Generator) -> None:
+        if state["setting"] >= 0:
+            self._apply(physics, state["setting"])

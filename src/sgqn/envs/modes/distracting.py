@@ -193,6 +193,7 @@ class DistractingCSMode(Mode):
         self.camera = _Camera(camera_id, intensity, upper_quadrant=domain != "reacher")
         self.color_delta, self.color_step = intensity, 0.03 * intensity
         self.clip: Clip | None = None
+        self._clip_index = -1
         self._rng: np.random.Generator | None = None
 
     def bind(self, physics: Any) -> None:
@@ -208,7 +209,8 @@ class DistractingCSMode(Mode):
         self._rng = rng
         physics.model.mat_rgba[self._grid, 3] = GROUND_PLANE_ALPHA[self.domain]
         # Background: a random clip, start frame and direction.
-        self.clip = self.clips[int(rng.integers(len(self.clips)))]
+        self._clip_index = int(rng.integers(len(self.clips)))
+        self.clip = self.clips[self._clip_index]
         self._frames = self.clip.frames(self.sky_side, self.sky_side)
         self._frame = int(rng.integers(len(self._frames)))
         self._direction = int(rng.choice((-1, 1)))
@@ -223,6 +225,44 @@ class DistractingCSMode(Mode):
         )
         self._time = float(physics.data.time)
         self._pose: tuple[np.ndarray, np.ndarray] | None = None
+
+    # The walk's state, restored as float64 arrays (lists of Python floats round-trip exactly).
+    _CAMERA_ARRAYS = ("initial_target", "lo", "hi", "position", "vel")
+    _CAMERA_FLOATS = ("vel_scaling", "roll", "roll_vel")
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.clip is None:
+            return {}
+        camera = self.camera
+        return {
+            "clip": self._clip_index,
+            "frame": self._frame,
+            "direction": self._direction,
+            "physics_steps": self._physics_steps,
+            "colors": self.colors.tolist(),
+            "time": self._time,
+            "pose": None if self._pose is None else [self._pose[0].tolist(), self._pose[1].tolist()],
+            "camera": {k: getattr(camera, k).tolist() for k in self._CAMERA_ARRAYS}
+            | {k: float(getattr(camera, k)) for k in self._CAMERA_FLOATS}
+            | {"tracking": bool(camera.tracking)},
+        }
+
+    def load_state_dict(self, state: dict[str, Any], physics: Any, rng: np.random.Generator) -> None:
+        if not state:
+            return
+        self._rng = rng
+        self._clip_index = state["clip"]
+        self.clip = self.clips[self._clip_index]
+        self._frames = self.clip.frames(self.sky_side, self.sky_side)
+        self._frame, self._direction = state["frame"], state["direction"]
+        self._physics_steps = state["physics_steps"]
+        self.colors = np.array(state["colors"], dtype=np.float64)
+        self._time = state["time"]
+        pose = state["pose"]
+        self._pose = None if pose is None else (np.array(pose[0]), np.array(pose[1]))
+        for key, value in state["camera"].items():
+            setattr(self.camera, key, np.array(value) if key in self._CAMERA_ARRAYS else value)
+        self._upload_frame(physics)  # the texture data lives on the GL context too
 
     def _upload_frame(self, physics: Any) -> None:
         model, side = physics.model, self.sky_side

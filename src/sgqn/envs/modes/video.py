@@ -73,8 +73,10 @@ class VideoMode(Mode):
         self.clips = clips
         self.key_floor = key_floor
         self.clip: Clip | None = None
+        self._clip_index = -1
         self._frames: np.ndarray | None = None
         self._step = 0
+        self._time: float | None = None
 
     def bind(self, physics: Any) -> None:
         # Static for the whole run, so painted once (DMC-GB repaints on every reset, to the same result).
@@ -83,10 +85,19 @@ class VideoMode(Mode):
             BuiltinTexture(physics, "grid").set(physics, KEY_GREEN, KEY_GREEN, KEY_GREEN)
 
     def on_reset(self, physics: Any, rng: np.random.Generator) -> None:
-        self.clip = self.clips[int(rng.integers(len(self.clips)))]
+        self._clip_index = int(rng.integers(len(self.clips)))
+        self.clip = self.clips[self._clip_index]
         self._frames = None  # decoded (or fetched from cache) at the first frame, when its size is known
         self._step = -1
-        self._time: float | None = None
+        self._time = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"clip": self._clip_index, "step": self._step, "time": self._time}
+
+    def load_state_dict(self, state: dict[str, Any], physics: Any, rng: np.random.Generator) -> None:
+        self._clip_index, self._step, self._time = state["clip"], state["step"], state["time"]
+        self.clip = self.clips[self._clip_index] if self._clip_index >= 0 else None
+        self._frames = None
 
     def before_render(self, physics: Any) -> None:
         # One video frame per agent step: advance only when the physics has moved on, so re-rendering

@@ -1,0 +1,176 @@
+"""What `sgqn` prints: top-level help, one-line errors with suggestions and the end-of-fit summary
+(the dependencies' console noise is filtered in `sgqn.quiet`)."""
+
+from __future__ import annotations
+
+import difflib
+import re
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, NoReturn
+
+from lightning.pytorch.cli import LightningArgumentParser
+
+PROG = "sgqn"
+
+# (one line each; `sgqn <subcommand> --help` has the details)
+SUBCOMMANDS: dict[str, str] = {
+    "fit": "train SAC / SVEA / SGQN on a DMC task, tracked in MLflow (sgqn fit -c conf/quickstart.yaml)",
+    "evaluate": "evaluate checkpoints in the train env and the DMC-GB test modes; writes results tables",
+}
+
+
+def help_text() -> str:
+    width = max(len("-h, --help"), *map(len, SUBCOMMANDS))
+    lines = [
+        f"usage: {PROG} [--debug] <subcommand> [options]",
+        "",
+        "SAC, SVEA and SGQN on the DeepMind Control Generalization Benchmark (TorchRL + Lightning + MLflow).",
+        "",
+        "subcommands:",
+        *(f"  {name:<{width}}  {text}" for name, text in SUBCOMMANDS.items()),
+        "",
+        "options:",
+        f"  {'-h, --help':<{width}}  this message; `{PROG} <subcommand> --help` lists its options",
+        f"  {'--debug':<{width}}  show the traceback of errors (also SGQN_DEBUG=1)",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def one_line(err: BaseException | str) -> str:
+    return " ".join(str(err).split())
+
+
+def fail(message: str, hint: str | None = None) -> NoReturn:
+    """``sgqn: error: <message>`` (and an optional hint line) on stderr, exit status 2 (usage error)."""
+    sys.stderr.write(f"{PROG}: error: {message}\n")
+    if hint:
+        sys.stderr.write(f"{hint}\n")
+    raise SystemExit(2)
+
+
+# --------------------------------------------------------------------------- parse errors
+
+_UNRECOGNIZED = re.compile(r"unrecognized arguments?:?\s*(.*)", re.IGNORECASE | re.DOTALL)
+# unknown keys in a config file: "Subcommand 'fit' does not accept option 'model.lr'"
+_UNKNOWN_KEY = re.compile(r"""does not accept (?:option|nested key)\s+["']([\w.]+)["']""", re.IGNORECASE)
+
+
+def suggest_options(typed: str, options: Iterable[str], n: int = 4) -> list[str]:
+    """Options of the same group close to `typed`: ``--model.lr`` → ``--model.actor_lr``, … .
+
+    Names containing the typed leaf come first (``lr`` is in ``actor_lr``), then difflib's close matches
+    of the leaf; across groups only when the group has none (``--modle.quantile`` → ``--model.quantile``).
+    """
+    typed = typed.split("=", 1)[0]
+    options = [o for o in options if o.startswith("--") and not o.endswith((".help", "--help", "+"))]
+    group, _, leaf = typed.lstrip("-").rpartition(".")
+    siblings = {
+        o.lstrip("-").rpartition(".")[2]: o for o in options if o.lstrip("-").rpartition(".")[0] == group
+    }
+    found = [siblings[k] for k in sorted(siblings) if leaf and leaf in k and k != leaf]
+    found += [siblings[k] for k in difflib.get_close_matches(leaf, list(siblings), n=n, cutoff=0.6)]
+    if not found:
+        found = difflib.get_close_matches(typed, options, n=n, cutoff=0.75)
+    return list(dict.fromkeys(found))[:n]
+
+
+def _with_suggestions(message: str, options: list[str]) -> str:
+    typed: list[str] = []
+    match = _UNRECOGNIZED.search(message)
+    if match:
+        typed = [w for w in match.group(1).split() if w.startswith("--")]
+    else:
+        typed = [f"--{k}" for k in _UNKNOWN_KEY.findall(message)]
+    hints = []
+    for word in typed:
+        close = suggest_options(word, options)
+        if close:
+            hints.append(f"{word.split('=', 1)[0]}: did you mean {', '.join(close)}?")
+    return message if not hints else f"{message} ({'; '.join(hints)})"
+
+
+class SGQNArgumentParser(LightningArgumentParser):
+    """LightningCLI's parser, with one-line errors that suggest near option names.
+
+    jsonargparse prints the whole usage (a hundred lines for `fit`) before the error; here the error
+    comes first and alone, with a pointer to ``--help``.
+    """
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        if not self.exit_on_error:  # parsers used internally (e.g. nested types) must raise as usual
+            super().error(message, ex)
+        parser = getattr(ex, "subcommand_parser", None) or self
+        options = list(getattr(parser, "_option_string_actions", {}))
+        prog = parser.prog.replace(" [options]", "")
+        fail(one_line(_with_suggestions(message, options)), f"see `{prog} --help` for the valid options")
+
+
+# --------------------------------------------------------------------------- the end of `fit`
+
+
+def _absolute_sqlite(uri: str) -> str:
+    """``sqlite:///mlflow.db`` (relative to the working directory) → its absolute form."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + str(Path(uri[len(prefix) :]).resolve())
+    return uri
+
+
+def format_seconds(seconds: float) -> str:
+    """``42 s``, ``3 min 05 s``, ``2 h 07 min``."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def fit_summary(trainer: Any, started: float) -> str:
+    """Where the run went and how it ended: run, experiment, checkpoints, artifacts, final returns,
+    wall time and the command that opens it in the MLflow UI."""
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    from sgqn.callbacks import EnvStepCheckpoint
+    from sgqn.evaluation import EvaluationCallback
+
+    lines = [f"[{PROG}] fit finished"]
+    loggers = [lg for lg in trainer.loggers if isinstance(lg, MLFlowLogger) and lg._run_id is not None]
+    for logger in loggers:
+        run = logger.experiment.get_run(logger.run_id)
+        lines += [
+            f"  run:         {run.info.run_name} (id {run.info.run_id})",
+            f"  experiment:  {logger._experiment_name} (id {run.info.experiment_id})",
+        ]
+    for callback in trainer.callbacks:
+        if isinstance(callback, EnvStepCheckpoint) and callback.dirpath:
+            lines.append(f"  checkpoints: {Path(callback.dirpath).resolve()}")
+    for logger in loggers:
+        lines.append(f"  artifacts:   {logger.experiment.get_run(logger.run_id).info.artifact_uri}")
+    for callback in trainer.callbacks:
+        if isinstance(callback, EvaluationCallback) and callback.history:
+            last = callback.history[-1]
+            returns = ", ".join(
+                f"{key.split('/')[1]} {value:.1f}"
+                for key, value in last.items()
+                if key.startswith("eval/") and key.endswith("/return_mean")
+            )
+            lines.append(f"  final eval:  return at {last['env_steps']:.0f} agent steps: {returns}")
+    lines.append(f"  wall time:   {format_seconds(time.perf_counter() - started)}")
+    for logger in loggers:
+        lines.append(f"  view:        mlflow ui --backend-store-uri {_absolute_sqlite(logger._tracking_uri)}")
+    return "\n".join(lines)
+
+
+__all__ = [
+    "SUBCOMMANDS",
+    "SGQNArgumentParser",
+    "fail",
+    "fit_summary",
+    "help_text",
+    "one_line",
+    "suggest_options",
+]
