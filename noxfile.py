@@ -8,6 +8,7 @@ interpreter that has `sgqn[dev]` installed.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -31,6 +32,9 @@ def tests(session: nox.Session) -> None:
     """The default suite (slow tests deselected; `nox -s tests -- -m slow` runs them)."""
     args = session.posargs or ["-m", "not slow", "-q"]
     _run(session, "-m", "pytest", *args, env={"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")})
+    # Run last (`nox -s lint typecheck notebooks tests`): pytest's summary stays the log's closing line,
+    # without nox's success lines after it. Failures are logged at ERROR and still show.
+    logging.getLogger("nox").setLevel(logging.WARNING)
 
 
 @nox.session(venv_backend="none")

@@ -274,6 +274,7 @@ def test_known_dependency_noise_is_filtered_and_nothing_else() -> None:
     assert not passes("mlflow.store.db.utils", "Creating initial MLflow database tables...")
     assert not passes("lightning.pytorch.loggers.mlflow", "Experiment with name tiny not found. Creating it.")
     assert not passes("torchrl", "Initialized LazyTensorStorage with torch.Size([203]) shape")
+    assert not passes("torchrl", "Initialized LazyMemmapStorage with torch.Size([203]) shape")
     assert passes("torchrl", "something else")
 
     with warnings.catch_warnings(record=True) as caught:
@@ -281,6 +282,9 @@ def test_known_dependency_noise_is_filtered_and_nothing_else() -> None:
         quiet_dependencies()
         warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", FutureWarning, stacklevel=1)
         warnings.warn("pkg_resources is deprecated as an API.", UserWarning, stacklevel=1)
+        warnings.warn(
+            "Found `dataloader_iter` argument in the `training_step`. Note …", UserWarning, stacklevel=1
+        )
         warnings.warn("a warning that matters", UserWarning, stacklevel=1)
     assert [str(w.message) for w in caught] == ["a warning that matters"]
 

@@ -30,12 +30,14 @@ NOISY_LOG_MESSAGES: dict[str, tuple[str, ...]] = {
     "lightning.pytorch.loggers.mlflow": (r"^Experiment with name .* not found\. Creating it\.",),
     "mlflow.store.db.utils": (r"^Creating initial MLflow database tables", r"^Updating database tables"),
     "alembic.runtime.migration": (r"^Context impl ", r"^Will assume ", r"^Running upgrade "),
-    "torchrl": (r"^Initialized LazyTensorStorage",),
+    "torchrl": (r"^Initialized Lazy(Tensor|Memmap)Storage",),  # colour-coded lines, on every run
 }
 NOISY_WARNINGS: tuple[str, ...] = (
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",  # Lightning's _pytree vs torch 2.13
     r"pkg_resources is deprecated",
     r"LightningCLI's args parameter is intended to run from within Python",  # we pass argv on purpose
+    # the module pulls its batches itself on purpose (no prefetch: exact resume, see SGQNModule)
+    r"Found `dataloader_iter` argument in the `training_step`",
 )
 
 
