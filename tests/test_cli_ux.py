@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cli_helpers import TINY, all_runs, fit_args
+from cli_helpers import TINY, all_runs, fit_args, short_run
 from sgqn import validation
 from sgqn.cli import cli_main, main
 from sgqn.console import suggest_options
@@ -23,15 +23,7 @@ from sgqn.tracking import git_commit
 
 REPO = Path(__file__).resolve().parents[1]
 # A few seconds per run: 30 agent steps, one final evaluation episode in the train env only.
-SHORT = [
-    "--data.num_env_steps", "30",
-    "--data.init_steps", "20",
-    "--eval.every_env_steps", "0",
-    "--eval.modes", "[train]",
-    "--eval.saliency_every_evals", "0",
-    "--eval.video_every_evals", "0",
-    "--checkpoint.every_env_steps", "0",
-]  # fmt: skip
+SHORT = short_run(30, checkpoint_every=0)
 
 
 # --------------------------------------------------------------------------- 1, 6, 7: a good run

@@ -20,7 +20,7 @@ from mlflow import MlflowClient
 from tensordict import TensorDict
 from torch.utils.data import DataLoader
 
-from cli_helpers import all_runs, fit_args
+from cli_helpers import all_runs, fit_args, short_run
 from sgqn.callbacks import EnvStepCheckpoint
 from sgqn.cli import main
 from sgqn.data.colors import load_color_settings
@@ -37,16 +37,8 @@ from sgqn.objectives import SACLoss
 from sgqn.tracking import SGQNMLFlowLogger
 
 REPO = Path(__file__).resolve().parents[1]
-# ~10 s: 20 warm-up steps, then one update per step; no evaluation until the final one.
-SHORT = [
-    "--data.num_env_steps", "50",
-    "--data.init_steps", "20",
-    "--eval.every_env_steps", "0",
-    "--eval.modes", "[train]",
-    "--eval.saliency_every_evals", "0",
-    "--eval.video_every_evals", "0",
-    "--checkpoint.every_env_steps", "25",
-]  # fmt: skip
+# ~10 s: 50 agent steps, a checkpoint at 25.
+SHORT = short_run(50, checkpoint_every=25)
 HUGE_LR = ["--model.actor_lr", "1e9", "--model.critic_lr", "1e9"]
 
 

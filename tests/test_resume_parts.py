@@ -207,14 +207,11 @@ def _build(dm: DMCDataModule) -> Iterator[TensorDictBase]:
 def _train(
     dm: DMCDataModule, batches: Iterator[TensorDictBase], checkpoint_after: int | None = None
 ) -> tuple[list[TensorDictBase], dict | None]:
-    """Lightning's loop: the fetcher keeps one batch prefetched ahead of the training step, the data module
-    sees each batch right before its step, each step draws from the global RNG (e.g. augmentation), and a
-    checkpoint (data module state + global RNG) can follow any step."""
+    """SGQNModule's loop: each training step pulls its batch from the stream and draws from the global
+    RNG (e.g. augmentation), and a checkpoint (data module state + global RNG) can follow any step."""
     trained: list[TensorDictBase] = []
-    ahead = next(batches, None)
-    while ahead is not None:
-        batch, ahead = ahead, next(batches, None)
-        trained.append(dm.on_before_batch_transfer(batch, 0))
+    for batch in batches:
+        trained.append(batch)
         torch.rand(4)
         if len(trained) == checkpoint_after:
             return trained, {"data": dm.state_dict(), "rng": torch.get_rng_state()}
@@ -235,7 +232,7 @@ STREAM = dict(
     ("storage", "init_steps", "checkpoint_after", "stop_at", "capacity", "spare"),
     [
         ("disk", 50, None, 20, 61, 0),  # during the random warm-up (stopped at agent step 20)
-        ("disk", 10, 35, None, None, 0),  # mid-episode after the warm-up, one batch prefetched
+        ("disk", 10, 35, None, None, 0),  # mid-episode after the warm-up
         ("disk", 30, 12, None, None, 0),  # inside the burst of updates at the end of the warm-up
         ("memory", 10, 35, None, None, 0),
         ("disk", 10, 35, None, 30, 16),  # a wrapped-around buffer (30 rows kept of 62)
@@ -304,7 +301,10 @@ class RecordingModule(L.LightningModule):
     def policy_module(self, deterministic: bool = False) -> TensorDictModule:
         return TensorDictModule(self.actor, in_keys=["pixels"], out_keys=["action"])
 
-    def training_step(self, batch: TensorDictBase, batch_idx: int) -> None:
+    def training_step(self, dataloader_iter: Iterator[tuple[TensorDictBase | None, int, int]]) -> None:
+        batch, _, _ = next(dataloader_iter)  # pulled here, as SGQNModule does: no batch read ahead
+        if batch is None:  # a warm-up step without an update
+            return
         self.trained.append(batch.clone())
         torch.rand(4)  # e.g. augmentation draws
 
@@ -352,8 +352,8 @@ def _fit(
 
 
 def test_lightning_resume_after_crash_is_exact(tmp_path: Path) -> None:
-    """Lightning prefetches a batch before the step that a checkpoint follows, and builds the collector
-    and data loader after restoring a checkpoint: neither may shift the resumed stream."""
+    """Lightning builds the collector and the data loader after restoring a checkpoint: that may not
+    shift the resumed stream."""
     dm_a, uninterrupted = _fit(tmp_path / "a", [])
     checkpoint = tmp_path / "b.ckpt"
     _, crashed = _fit(tmp_path / "b", [CheckpointThenCrash(30, 34, checkpoint)])

@@ -289,9 +289,7 @@ class SGQNModule(L.LightningModule):
         batch, _, _ = next(dataloader_iter)
         if batch is None:  # an agent step of the random warm-up: nothing to learn yet
             return
-        # What Lightning's loop does to a batch it hands in: the data module's transfer hooks (the stream
-        # counts trained batches there) and the move to this module's device.
-        batch = self._on_before_batch_transfer(batch, dataloader_idx=0)
+        # Lightning moves a batch it hands in to the module's device; one pulled here is moved here.
         self.update(self.trainer.strategy.batch_to_device(batch, dataloader_idx=0))
 
     def update(self, batch: TensorDictBase) -> None:

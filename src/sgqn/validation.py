@@ -21,7 +21,7 @@ from typing import Any
 
 from sgqn.data.clips import IMAGE_SUFFIXES
 from sgqn.data.errors import DataSourceError
-from sgqn.data.replay import check_capacity_fits, check_disk_fits
+from sgqn.data.replay import check_capacity_fits, check_disk_fits, default_replay_capacity
 from sgqn.data.sources import PLACES_LAYOUT, DataSources
 from sgqn.envs import DEFAULT_ACTION_REPEAT, MODES, TASKS
 from sgqn.envs.modes.distracting import GROUND_PLANE_ALPHA, INTENSITIES, NUM_VIDEOS
@@ -40,11 +40,6 @@ def did_you_mean(word: str, choices: Iterable[str], n: int = 3) -> str:
     """`` (did you mean 'a', 'b'?)`` for the choices close to `word`, else ``""``."""
     close = difflib.get_close_matches(word, list(choices), n=n, cutoff=0.6)
     return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
-
-
-def default_replay_capacity(num_env_steps: int) -> int:
-    """The replay capacity `DMCDataModule.build` uses when none is set: the whole run plus closing rows."""
-    return num_env_steps + num_env_steps // 100 + 1
 
 
 def resolved_data_params(data: Mapping[str, Any]) -> dict[str, Any]:

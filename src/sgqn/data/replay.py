@@ -336,14 +336,7 @@ class FrameReplay:
         self.sampler.rows_written = self.rows_written
 
     def sample(self) -> TensorDictBase:
-        """A stacked batch; its ``"index"`` entry holds the sampled row windows (see `gather`)."""
         return self.buffer.sample()
-
-    def gather(self, windows: torch.Tensor) -> TensorDictBase:
-        """The batch `sample` returned with these windows, while their rows are not overwritten."""
-        batch = self.buffer.transform(self.buffer.storage.get(windows))
-        batch["index"] = windows
-        return batch
 
     def __len__(self) -> int:
         return len(self.buffer)
@@ -407,6 +400,11 @@ class FrameReplay:
                 "spare_rows); they are skipped until rewritten, so sampling differs from the original run",
                 stacklevel=3,
             )
+
+
+def default_replay_capacity(num_env_steps: int) -> int:
+    """The capacity when none is set: the whole run, plus its episodes' closing rows (≤ 1 %)."""
+    return num_env_steps + num_env_steps // 100 + 1
 
 
 def check_capacity_fits(capacity: int, frame_shape: tuple[int, int, int], action_dim: int) -> None:

@@ -8,14 +8,14 @@ update schedule asks for. The run length is counted in *agent steps*, never in o
 Resume: `DMCDataModule.state_dict` holds everything the stream needs to continue exactly as if never
 interrupted, given that the trainer restores torch's global RNG (random warm-up actions, replay sampling
 and the policy's exploration noise draw from it): the replay (on disk: metadata only), the env mid-episode
-(`sgqn.envs.state`), the collector's frame counter and current observation, and the batches Lightning has
-prefetched but not trained on (re-yielded first after a resume).
+(`sgqn.envs.state`), the collector's frame counter and current observation, and the updates still due at
+the current step. It assumes every batch yielded was trained on before the checkpoint, i.e. that the
+training step pulls its batch itself (`SGQNModule.training_step`) rather than Lightning reading ahead.
 """
 
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,13 +28,10 @@ from torch.utils.data import DataLoader, IterableDataset
 from torchrl.collectors import Collector
 from torchrl.envs import EnvBase, StepCounter
 
-from sgqn.data.replay import FrameReplay
+from sgqn.data.replay import FrameReplay, default_replay_capacity
 from sgqn.data.sources import DataSources
 from sgqn.envs import make_env
 from sgqn.envs.state import env_state, load_env_state
-
-# Batches remembered for a resume: Lightning prefetches one batch ahead of the training step.
-_RECENT_BATCHES = 8
 
 
 @dataclass
@@ -83,8 +80,6 @@ class EnvStream(IterableDataset):
         self.num_env_steps, self.init_steps = num_env_steps, init_steps
         self.updates_per_step, self.stats, self.fps_window = updates_per_step, stats, fps_window
         self.pending = 0  # batches due at the latest step and not yet yielded
-        self.recent: deque[torch.Tensor] = deque(maxlen=_RECENT_BATCHES)  # windows of the latest batches
-        self._replay_first: list[torch.Tensor] = []  # yielded before an interruption, never trained on
 
     def _record(self, transitions: TensorDictBase) -> None:
         stats = self.stats
@@ -107,16 +102,10 @@ class EnvStream(IterableDataset):
     def _sample(self) -> TensorDictBase:
         self.pending -= 1
         self.stats.updates += 1
-        batch = self.replay.sample()
-        self.recent.append(batch["index"])
-        return batch
+        return self.replay.sample()
 
     def __iter__(self) -> Iterator[TensorDictBase | None]:
-        while self._replay_first:  # counted in `stats.updates` already
-            batch = self.replay.gather(self._replay_first.pop(0))
-            self.recent.append(batch["index"])
-            yield batch
-        while self.pending > 0:
+        while self.pending > 0:  # updates still due at the step a resumed run stopped at
             yield self._sample()
         if self.stats.env_steps >= self.num_env_steps:
             return
@@ -138,16 +127,11 @@ class EnvStream(IterableDataset):
             if self.stats.env_steps >= self.num_env_steps:
                 return
 
-    def state_dict(self, unconsumed: int = 0) -> dict[str, Any]:
-        """Resume state; `unconsumed`: how many of the latest yielded batches were never trained on."""
-        if unconsumed > len(self.recent):
-            raise RuntimeError(f"{unconsumed} batches were prefetched, more than the {len(self.recent)} kept")
-        windows = list(self.recent)[len(self.recent) - unconsumed :]
-        return {"pending": self.pending, "unconsumed": [w.clone() for w in windows]}
+    def state_dict(self) -> dict[str, Any]:
+        return {"pending": self.pending}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.pending = state["pending"]
-        self._replay_first = list(state["unconsumed"])
 
 
 def collector_state(collector: Collector) -> dict[str, Any]:
@@ -236,7 +220,6 @@ class DMCDataModule(L.LightningDataModule):
         self.collector: Collector | None = None
         self.stream: EnvStream | None = None
         self._resume: dict[str, Any] | None = None  # loaded before `build`, applied by it
-        self._consumed: int | None = None  # batches handed to training steps (see on_before_batch_transfer)
         probe = self.make_env(mode="train")
         self.observation_shape: tuple[int, int, int] = tuple(probe.observation_spec["pixels"].shape)  # type: ignore[assignment]
         self.action_dim: int = int(probe.action_spec.shape[-1])
@@ -285,7 +268,7 @@ class DMCDataModule(L.LightningDataModule):
                 init_random_frames=hp.init_steps,
                 auto_register_policy_transforms=False,  # the actor reads pixels only; no InitTracker
             )
-        capacity = hp.replay_capacity or hp.num_env_steps + hp.num_env_steps // 100 + 1
+        capacity = hp.replay_capacity or default_replay_capacity(hp.num_env_steps)
         frame_shape = (3, *self.observation_shape[1:])
         resume = self._resume
         disk = hp.replay_storage == "disk"
@@ -343,13 +326,6 @@ class DMCDataModule(L.LightningDataModule):
             self.collector.shutdown()
             self.collector = None
 
-    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        # Lightning calls this right before each training step, while its fetcher has already pulled the
-        # next batch from the stream: counting here tells a checkpoint which batches were trained on.
-        if batch is not None:  # None: an agent step with no update due
-            self._consumed = (self._consumed or 0) + 1
-        return batch
-
     def state_dict(self) -> dict[str, Any]:
         """Stream statistics and, once built, everything an exact resume needs (see the module docstring).
 
@@ -362,13 +338,10 @@ class DMCDataModule(L.LightningDataModule):
             if self._resume is not None:  # loaded, not built yet: carry the state over
                 state |= {k: v for k, v in self._resume.items() if k != "stats"}
             return state
-        consumed = self.stats.updates if self._consumed is None else self._consumed
         state["replay"] = self.replay.state_dict()
         state["env"] = env_state(self.collector.env)
         state["collector"] = collector_state(self.collector)
-        state["stream"] = self.stream.state_dict(unconsumed=self.stats.updates - consumed) | {
-            "consumed": consumed
-        }
+        state["stream"] = self.stream.state_dict()
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -387,7 +360,6 @@ class DMCDataModule(L.LightningDataModule):
         load_env_state(self.collector.env, state["env"])
         load_collector_state(self.collector, state["collector"])
         self.stream.load_state_dict(state["stream"])
-        self._consumed = state["stream"]["consumed"]
 
 
 __all__ = [
