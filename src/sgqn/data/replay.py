@@ -331,7 +331,11 @@ class FrameReplay:
 
     def extend(self, transitions: TensorDictBase) -> None:
         rows = transitions_to_rows(transitions, self.rows_written)
-        self.buffer.extend(rows)
+        # At most one storage's worth per write: more would wrap onto its own slots, and which of two
+        # rows written to one slot by one indexed copy survives is undefined (it varies with threads).
+        slots = self.buffer.storage.max_size
+        for start in range(0, rows.shape[0], slots):
+            self.buffer.extend(rows[start : start + slots])
         self.rows_written += rows.shape[0]
         self.sampler.rows_written = self.rows_written
 
