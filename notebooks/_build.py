@@ -32,6 +32,7 @@ INSPECT = [
         "experiments = client.search_experiments(order_by=['last_update_time DESC'])\n"
         "experiment = next(e for e in experiments if EXPERIMENT in (None, e.name))\n"
         "runs = client.search_runs([experiment.experiment_id], order_by=['start_time DESC'])\n"
+        "runs = [r for r in runs if r.data.tags.get('sgqn_kind') != 'sweep']  # a sweep's parent run trains nothing\n"
         "print(f'experiment {experiment.name!r}: {len(runs)} runs')"
     ),
     new_code_cell(
@@ -109,6 +110,49 @@ INSPECT = [
         "        break\n"
         "else:\n"
         "    print('no saliency grid logged yet')"
+    ),
+    new_markdown_cell(
+        "## A sweep\n"
+        "The table of `sgqn report` for one sweep: `SGQN_SWEEP` (its parent run id or name), else the newest "
+        "sweep of this experiment (a parent run tagged `sgqn_kind=sweep`). Cells are mean ± std over the "
+        "complete seeds of each trial's final evaluation return; trials with no run, or whose run failed or "
+        "stopped early, are listed below the table instead."
+    ),
+    new_code_cell(
+        "from sgqn.report.collect import collect_sweep\n"
+        "from sgqn.report.figures import draw_task, plot_modes\n"
+        "from sgqn.report.table import build_table, missing_text\n"
+        "from sgqn.sweeps.tracking import KIND_SWEEP, KIND_TAG\n\n"
+        "SWEEP = os.environ.get('SGQN_SWEEP')\n"
+        "if SWEEP is None:\n"
+        "    parents = client.search_runs(\n"
+        "        [experiment.experiment_id], f\"tags.{KIND_TAG} = '{KIND_SWEEP}'\", order_by=['start_time DESC'], max_results=1\n"
+        "    )\n"
+        "    SWEEP = parents[0].info.run_id if parents else None\n"
+        "sweep = collect_sweep(client, SWEEP) if SWEEP else None\n"
+        "if sweep is None:\n"
+        "    print(f'no sweep in experiment {experiment.name!r} (SGQN_SWEEP names one elsewhere)')\n"
+        "else:\n"
+        "    sweep_table = build_table(sweep)\n"
+        "    print(f'sweep {sweep.name!r} (parent run {sweep.parent_run_id}): {len(sweep.complete)}/{len(sweep.trials)} trials complete')\n"
+        "    cells = {\n"
+        "        (method, mode): [sweep_table.cell_text(task, method, mode) for task in sweep_table.tasks]\n"
+        "        + [sweep_table.averages[(method, mode)].text()]\n"
+        "        for method, mode in sweep_table.columns\n"
+        "    }\n"
+        "    display(pd.DataFrame(cells, index=[*sweep_table.tasks, 'average']))\n"
+        "    print('\\n'.join(sweep_table.footnotes))\n"
+        "    print(missing_text(sweep_table))"
+    ),
+    new_code_cell(
+        "# Learning curves of the sweep: mean over complete seeds, ±std band, on the steps all seeds share.\n"
+        "if sweep is not None:\n"
+        "    curve_modes = plot_modes(sweep)  # train and video_hard where evaluated\n"
+        "    for task in sweep.tasks:\n"
+        "        fig, axes = plt.subplots(1, len(curve_modes), figsize=(4.2 * len(curve_modes), 3.2), squeeze=False)\n"
+        "        draw_task(list(axes[0]), sweep, task, curve_modes)\n"
+        "        fig.tight_layout()\n"
+        "        plt.show()"
     ),
 ]
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -25,11 +27,16 @@ class TrainingProgress(Callback):
         every_env_steps: how often (in agent steps) the env metrics are sent to the loggers.
         print_every_env_steps: when the output is not a terminal, the progress bar prints a plain line
             every this many agent steps (0: every 5% of the run).
+        status_file: also write the latest progress and evaluation returns to this JSON file (replaced
+            atomically at the same cadence and at the end); `sgqn sweep` reads it for its live table.
     """
 
-    def __init__(self, every_env_steps: int = 250, print_every_env_steps: int = 0) -> None:
+    def __init__(
+        self, every_env_steps: int = 250, print_every_env_steps: int = 0, status_file: str | None = None
+    ) -> None:
         self.every_env_steps = every_env_steps
         self.print_every_env_steps = print_every_env_steps
+        self.status_file = status_file
         self.cadence = Cadence(every_env_steps)
         self._last_time = time.perf_counter()
         self._last_updates = 0
@@ -64,6 +71,36 @@ class TrainingProgress(Callback):
         self._last_time, self._last_updates = now, stats.updates
         for logger in trainer.loggers:
             logger.log_metrics({k: v for k, v in metrics.items() if not math.isnan(v)}, step=stats.env_steps)
+        self.write_status(trainer)
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.write_status(trainer)  # after every callback's on_train_end: the final evaluation included
+
+    def write_status(self, trainer: Trainer) -> None:
+        if self.status_file is None or not trainer.is_global_zero:
+            return
+        stats = trainer.datamodule.stats  # type: ignore[attr-defined]
+        status: dict[str, Any] = {
+            "agent_steps": stats.env_steps,
+            "total_steps": trainer.datamodule.hparams.num_env_steps,  # type: ignore[attr-defined]
+            "updates": stats.updates,
+        }
+        if not math.isnan(stats.last_episode_return):
+            status["episode_return"] = stats.last_episode_return
+        for callback in trainer.callbacks:  # type: ignore[attr-defined]
+            history = getattr(callback, "history", None)
+            if isinstance(history, list) and history and "env_steps" in history[-1]:  # EvaluationCallback
+                latest = history[-1]
+                status["eval_step"] = int(latest["env_steps"])
+                status |= {k: v for k, v in latest.items() if k.endswith("/return_mean")}
+        for logger in trainer.loggers:
+            if isinstance(logger, MLFlowLogger) and logger._run_id is not None:
+                status["run_id"] = logger._run_id
+        path = Path(self.status_file)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(status))
+        tmp.replace(path)
 
 
 class EnvStepCheckpoint(ModelCheckpoint):

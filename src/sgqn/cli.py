@@ -212,6 +212,16 @@ def main(argv: Sequence[str] | None = None) -> None:
 
             evaluate_main(words[1:])
             return
+        if words[0] == "sweep":
+            from sgqn.sweeps.cli import sweep_main
+
+            sweep_main(words[1:])
+            return
+        if words[0] == "report":
+            from sgqn.report.cli import report_main
+
+            report_main(words[1:])
+            return
         if not words[0].startswith("-") and words[0] not in SUBCOMMANDS:
             hint = did_you_mean(words[0], SUBCOMMANDS)
             fail(

@@ -19,6 +19,8 @@ PROG = "sgqn"
 SUBCOMMANDS: dict[str, str] = {
     "fit": "train SAC / SVEA / SGQN on a DMC task, tracked in MLflow (sgqn fit -c conf/quickstart.yaml)",
     "evaluate": "evaluate checkpoints in the train env and the DMC-GB test modes; writes results tables",
+    "sweep": "run a grid of fit trials (algorithms x tasks x seeds) on Ray, locally or on a cluster",
+    "report": "the paper's table (mean ± std over seeds per task, method, mode) and curves of a sweep",
 }
 
 

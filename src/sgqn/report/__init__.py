@@ -1,0 +1,22 @@
+"""`sgqn report`: the paper's results table (mean ± std over seeds of the final evaluation returns, per
+task, method and test mode) and learning curves, read from the MLflow runs of a sweep or an experiment.
+
+- `collect`: the trials and their runs, as plain dataclasses (which are complete, which missing and why);
+- `table`: the cells and the markdown / CSV / LaTeX writers;
+- `figures`: one PNG of curves per task;
+- `cli`: the command (`report_parser`, `report_main`).
+"""
+
+from sgqn.report.collect import Collection, Curve, Trial, collect_experiment, collect_sweep
+from sgqn.report.table import Cell, Table, build_table
+
+__all__ = [
+    "Cell",
+    "Collection",
+    "Curve",
+    "Table",
+    "Trial",
+    "build_table",
+    "collect_experiment",
+    "collect_sweep",
+]

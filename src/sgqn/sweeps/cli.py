@@ -1,0 +1,115 @@
+"""`sgqn sweep -c conf/sweep/<name>.yaml [--address auto|ray://host:10001] [--max-concurrent N] [fit options]`."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from collections.abc import Sequence
+
+from sgqn.sweeps.spec import load_sweep, parse_overrides
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults after every flag's help; the examples in the epilog keep their line breaks."""
+
+
+def sweep_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sgqn sweep",
+        description="Run a grid of `sgqn fit` trials (algorithms x tasks x seeds x any option) on Ray Tune,\n"
+        "locally or on a Ray cluster, tracked as one MLflow parent run with a child run per trial.\n"
+        "Any other `--group.option value` is an `sgqn fit` option applied to every trial. Re-running the\n"
+        "same command continues the sweep: finished trials are not re-run, unfinished ones resume from\n"
+        "their last checkpoint. The table: `sgqn report --sweep <name>`.",
+        formatter_class=_HelpFormatter,
+        epilog="examples:\n"
+        "  sgqn sweep -c conf/sweep/cpu_mini.yaml\n"
+        "  sgqn sweep -c conf/sweep/paper.yaml --address auto --tracking-uri http://head:5000\n"
+        "  sgqn sweep -c conf/sweep/cpu_mini.yaml --dry-run --data.num_env_steps 500",
+    )
+    parser.add_argument("-c", "--config", required=True, help="the sweep file (conf/sweep/*.yaml)")
+    parser.add_argument(
+        "--address",
+        default=None,
+        help="an existing Ray cluster (`auto`, `ray://host:10001`); default: start Ray on this machine",
+    )
+    parser.add_argument(
+        "--max-concurrent",
+        type=int,
+        default=None,
+        help="at most this many trials at once (default: as resources allow)",
+    )
+    parser.add_argument(
+        "--num-cpus",
+        type=int,
+        default=None,
+        help="CPUs the local Ray may use (default: all); each trial takes the sweep file's resources.cpu",
+    )
+    parser.add_argument(
+        "--root",
+        default=None,
+        help="folder of the sweep's outputs (default: the file's `root`, else sweeps/)",
+    )
+    parser.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI of the parent and trial runs (default: the file's, else $MLFLOW_TRACKING_URI "
+        "or sqlite:///mlflow.db); use an `mlflow server` URI on a cluster",
+    )
+    parser.add_argument(
+        "--max-failures", type=int, default=None, help="retries per trial (default: the file's, else 3)"
+    )
+    parser.add_argument(
+        "--poll-seconds", type=float, default=5.0, help="how often a trial reports its progress"
+    )
+    parser.add_argument(
+        "--print-every-seconds",
+        type=float,
+        default=30.0,
+        help="the live table is printed at least this often",
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print each trial's `sgqn fit` command and exit"
+    )
+    return parser
+
+
+def sweep_main(argv: Sequence[str]) -> None:
+    from sgqn.sweeps.runner import run_sweep, trial_config
+
+    args, rest = sweep_parser().parse_known_args(list(argv))
+    spec = load_sweep(args.config, parse_overrides(rest))
+    if args.root is not None:
+        spec.root = args.root
+    if args.tracking_uri is not None:
+        spec.tracking_uri = args.tracking_uri
+    if args.max_failures is not None:
+        spec.max_failures = args.max_failures
+    if args.dry_run:
+        from pathlib import Path
+
+        folder = Path(spec.root).resolve() / spec.name
+        for trial in spec.trials():
+            config = trial_config(
+                spec, trial, folder / "runs" / trial.name, "<parent run>", "<tracking uri>", 0
+            )
+            print(f"{trial.name}: sgqn fit {shlex.join(config['argv'])}")
+        return
+    outcome = run_sweep(
+        spec,
+        address=args.address,
+        max_concurrent=args.max_concurrent,
+        num_cpus=args.num_cpus,
+        poll_s=args.poll_seconds,
+        print_every_s=args.print_every_seconds,
+    )
+    print(
+        f"sgqn sweep {spec.name}: {len(outcome.finished)} trials finished, {len(outcome.failed)} failed"
+        + (f" ({', '.join(outcome.failed)})" if outcome.failed else "")
+        + f" in {outcome.seconds / 60:.1f} min; parent run {outcome.parent_run_id}\n"
+        f"  trial folders: {outcome.folder / 'runs'}\n"
+        f"  the table:     sgqn report --sweep {outcome.parent_run_id}",
+        flush=True,
+    )
+    if outcome.failed:
+        raise SystemExit(1)

@@ -1,0 +1,200 @@
+"""`sgqn sweep`: the grid, the trials' command lines, and a tiny sweep on local Ray end to end, with a
+trial whose worker is SIGKILLed mid-run and retried from its checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from sgqn.sweeps.spec import load_sweep, parse_overrides
+from sgqn.sweeps.table import format_table
+from sgqn.sweeps.tracking import KIND_SWEEP, KIND_TAG, PARENT_TAG, TRIAL_TAG, expected_trials
+from sgqn.validation import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "conf" / "tiny.yaml"
+
+
+def sweep_file(folder: Path, **extra: object) -> Path:
+    lines = [
+        "name: tiny",
+        "experiment_name: tiny_sweep",
+        f"config: {TINY}",
+        "grid:",
+        "  algorithm: [sac, sgqn]",
+        "  task: [cartpole_balance]",
+        "  seed: [0, 1]",
+        "overrides:",
+        "  data.num_env_steps: 120",
+        "  data.init_steps: 20",
+        "  eval.every_env_steps: 60",
+        "  eval.modes: [train]",
+        "  eval.saliency_every_evals: 0",
+        "  eval.video_every_evals: 0",
+        "  checkpoint.every_env_steps: 60",
+        "  progress.every_env_steps: 20",
+        "resources: {cpu: 1}",
+        "max_failures: 2",
+        *(f"{k}: {v}" for k, v in extra.items()),
+    ]
+    path = folder / "tiny_sweep.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_grid_expands_to_named_trials_with_plain_fit_commands(tmp_path: Path) -> None:
+    spec = load_sweep(sweep_file(tmp_path), {"data.batch_size": "8"})
+    trials = spec.trials()
+    assert [t.name for t in trials] == [
+        "sac-cartpole_balance-s0",
+        "sac-cartpole_balance-s1",
+        "sgqn-cartpole_balance-s0",
+        "sgqn-cartpole_balance-s1",
+    ]
+    argv = trials[3].argv("/out/x")
+    assert argv[:2] == ["-c", str(TINY)]
+    pairs = dict(zip(argv[2::2], argv[3::2], strict=False))
+    assert pairs["--model.algorithm"] == "sgqn" and pairs["--data.seed"] == "1"
+    assert pairs["--eval.modes"] == '["train"]' and pairs["--data.batch_size"] == "8"  # command line wins
+    assert argv[-4:] == ["--trainer.default_root_dir", "/out/x", "--resume", "auto"]
+    assert trials[0].record()["num_env_steps"] == 120
+    # any option can be swept; its value names the trial
+    spec.grid["model.quantile"] = [0.9, 0.95]
+    assert spec.trials()[1].name == "sac-cartpole_balance-s0-quantile0.95"
+    assert spec.fingerprint() != load_sweep(sweep_file(tmp_path)).fingerprint()
+
+
+def test_config_templates_and_bad_sweep_files(tmp_path: Path) -> None:
+    path = sweep_file(tmp_path)
+    text = path.read_text()
+    path.write_text(text.replace(f"config: {TINY}", f"config: {REPO}/conf/{{algorithm}}/{{task}}.yaml"))
+    trials = load_sweep(path).trials()
+    assert trials[2].configs == (str(REPO / "conf" / "sgqn" / "cartpole_balance.yaml"),)
+    for bad, message in [
+        (text + "gird: {}\n", "unknown key"),
+        (text.replace("  data.init_steps: 20", "  seed: 3"), "both swept"),
+        (text.replace(str(TINY), "missing.yaml"), "does not exist"),
+        (text.replace("resources: {cpu: 1}", "resources: {cpu: 0}"), "resources"),
+    ]:
+        path.write_text(bad)
+        with pytest.raises(ConfigError, match=message):
+            load_sweep(path)
+    assert parse_overrides(["--a.b", "1", "--c.d=[x]"]) == {"a.b": "1", "c.d": "[x]"}
+    with pytest.raises(ConfigError, match="needs a value"):
+        parse_overrides(["--a.b"])
+
+
+def test_live_table_lists_every_trial() -> None:
+    text = format_table(
+        "mini",
+        [
+            {"trial": "sac-x-s0", "state": "DONE", "agent_steps": 100, "total_steps": 100, "attempt": 1,
+             "eval/train/return_mean": 812.4, "eval/video_hard/return_mean": 301.0},
+            {"trial": "sgqn-x-s0", "state": "PENDING"},
+        ],
+        75.0,
+    )  # fmt: skip
+    lines = text.splitlines()
+    assert "1 done, 1 pending" in lines[0]
+    assert lines[1].split() == [
+        "trial",
+        "state",
+        "agent",
+        "steps",
+        "eval",
+        "train",
+        "eval",
+        "video_hard",
+        "attempt",
+    ]
+    assert lines[2].split() == ["sac-x-s0", "DONE", "100/100", "812", "301", "1"]
+    assert lines[3].split() == ["sgqn-x-s0", "PENDING", "-", "-", "-", "-"]
+
+
+def _sweep(folder: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    env = os.environ | {"PYTHONPATH": str(REPO / "tests"), "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable,
+        "-m",
+        "sgqn",
+        "sweep",
+        "-c",
+        str(folder / "tiny_sweep.yaml"),
+        "--num-cpus",
+        "2",
+    ]
+    command += ["--poll-seconds", "1", *extra]
+    return subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=900)
+
+
+def test_tiny_sweep_end_to_end_with_a_killed_worker(tmp_path: Path) -> None:
+    sweep_file(tmp_path)
+    marker = tmp_path / "killed"
+    killer = [
+        "--trainer.callbacks+=sweep_killer.KillWorkerOnce",
+        "--trainer.callbacks.init_args.env_steps=90",
+        f"--trainer.callbacks.init_args.marker={marker}",
+    ]
+    done = _sweep(tmp_path, *killer)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "4 trials finished, 0 failed" in done.stdout
+    killed = marker.read_text()
+    runs_dir = tmp_path / "sweeps" / "tiny" / "runs"
+    # the killed trial ran twice, the second time from its step-60 checkpoint, and finished
+    assert sorted(p.name for p in (runs_dir / killed).glob("attempt-*")) == ["attempt-1", "attempt-2"]
+    second = (runs_dir / killed / "fit.log").read_text().split("=== attempt 2")[1]
+    assert "sgqn: resuming" in second and "last.ckpt" in second
+    for other in {p.name for p in runs_dir.iterdir()} - {killed}:
+        assert [p.name for p in (runs_dir / other).glob("attempt-*")] == ["attempt-1"]
+    assert (runs_dir / killed / "command.sh").read_text().count("sgqn fit -c") == 1
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("tiny_sweep")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if r.data.tags.get(KIND_TAG) == KIND_SWEEP]
+    children = [r for r in runs if PARENT_TAG in r.data.tags]
+    assert len(parents) == 1 and len(children) == 4 and len(runs) == 5  # the resume reopened its run
+    parent = parents[0]
+    assert parent.info.status == "FINISHED" and parent.data.metrics["sweep/trials_finished"] == 4
+    assert len(expected_trials(client, parent)) == 4
+    by_trial = {r.data.tags[TRIAL_TAG]: r for r in children}
+    assert set(by_trial) == {p.name for p in runs_dir.iterdir()}
+    for name, run in by_trial.items():
+        assert run.info.status == "FINISHED" and run.data.tags[PARENT_TAG] == parent.info.run_id
+        assert run.data.tags.get("resumes", "0") == ("1" if name == killed else "0")
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "eval/train/return_mean")]
+        assert steps == [60, 120], (name, steps)  # each evaluation logged once, the resumed one too
+    assert by_trial[killed].data.tags.get("resumes") == "1"
+    assert f"(MLflow run {by_trial[killed].info.run_id})" in second  # the same run, reopened
+
+    # The same command again: every trial is finished, none is re-run, the parent is closed again.
+    again = _sweep(tmp_path, *killer)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "(4 already finished)" in again.stdout
+    assert sum(1 for _ in runs_dir.glob("*/attempt-*")) == 5
+    assert len(client.search_runs([experiment.experiment_id])) == 5
+
+    # The paper's table from the sweep: 2 methods x 1 task, 2 seeds each, logged to the parent run.
+    report = subprocess.run(
+        [sys.executable, "-m", "sgqn", "report", "--sweep", "tiny", "--out", str(tmp_path / "report")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert report.returncode == 0, report.stderr
+    table = (tmp_path / "report" / "table.md").read_text()
+    row = next(line for line in table.splitlines() if line.startswith("| cartpole_balance"))
+    finals = {
+        name: client.get_metric_history(run.info.run_id, "eval/train/return_mean")[-1].value
+        for name, run in by_trial.items()
+    }
+    for cell, algorithm in zip(row.split("|")[2:4], ["sac", "sgqn"], strict=True):
+        values = [v for k, v in finals.items() if k.startswith(algorithm)]
+        assert cell.strip().startswith(f"{sum(values) / 2:.0f} ±"), (cell, values)
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert "report/table.md" in logged and "report/curves_cartpole_balance.png" in logged
+    assert json.loads((runs_dir / killed / "done.json").read_text())["agent_steps"] == 120
