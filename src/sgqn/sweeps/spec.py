@@ -25,6 +25,8 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,6 +145,16 @@ def _word(value: Any) -> str:
     return str(value)
 
 
+def _expand(value: Any, path: Path, key: str) -> Any:
+    """``${VAR}`` in a string value: the environment variable (machine-specific paths stay out of the file)."""
+    if not isinstance(value, str) or "$" not in value:
+        return value
+    missing = [name for name in re.findall(r"\$\{(\w+)\}", value) if name not in os.environ]
+    if missing:
+        raise ConfigError(f"{path}: {key} uses ${{{missing[0]}}}, which is not set in the environment")
+    return os.path.expandvars(value)
+
+
 def parse_overrides(words: Sequence[str]) -> dict[str, str]:
     """``--data.num_env_steps 300 --eval.modes=[train]`` → ``{"data.num_env_steps": "300", …}``."""
     out: dict[str, str] = {}
@@ -186,12 +198,13 @@ def load_sweep(path: str | Path, overrides: Mapping[str, Any] | None = None) -> 
     if set(resources) - {"cpu", "gpu"} or resources["cpu"] <= 0 or resources["gpu"] < 0:
         raise ConfigError(f"{path}: resources are cpu (> 0) and gpu (≥ 0, fractions allowed): {resources}")
     configs = raw["config"] if isinstance(raw["config"], list) else [raw["config"]]
+    raw_overrides = {k: _expand(v, path, k) for k, v in (raw.get("overrides") or {}).items()}
     spec = SweepSpec(
         name=str(raw["name"]),
         experiment_name=str(raw.get("experiment_name") or raw["name"]),
         configs=[str(c) for c in configs],
         grid=grid,
-        overrides={**(raw.get("overrides") or {}), **(overrides or {})},
+        overrides={**raw_overrides, **(overrides or {})},
         resources=resources,
         max_failures=int(raw.get("max_failures", 3)),
         max_concurrent=raw.get("max_concurrent"),
