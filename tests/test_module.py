@@ -250,3 +250,47 @@ def test_checkpoint_round_trip_restores_weights_and_the_update_counter(tmp_path:
     for key, value in module.state_dict().items():
         assert torch.equal(value, restored.state_dict()[key]), key
     assert restored.actor.encoder is restored.critic.encoder  # sharing survives the reload
+
+
+class _AtAgentSteps(SGQNModule):
+    """Updates run at given agent steps, as the data stream would report them."""
+
+    agent_steps: list[int]
+
+    def _env_steps(self) -> int | None:
+        return self.agent_steps[int(self.update_step)]
+
+
+@pytest.mark.parametrize(
+    ("schedule", "expected_actor_steps"),
+    # a burst of 4 updates at agent step 4 (init_steps = 4), then one update at each of steps 5..8
+    [("reference", [1, 2, 3, 4, 4, 5, 5, 6]), ("counted", [1, 1, 2, 2, 3, 3, 4, 4])],
+)
+def test_the_burst_steps_actor_target_and_predictor_as_the_reference(
+    schedule: str, expected_actor_steps: list[int]
+) -> None:
+    torch.manual_seed(0)
+    module = _AtAgentSteps(
+        algorithm="sgqn", **{**SMALL, "feature_dim": 16, "tune_malloc": False, "update_schedule": schedule}
+    )
+    module.set_overlay_images(torch.randint(0, 256, (6, 3, SIZE, SIZE), dtype=torch.uint8))
+    module.agent_steps = [4, 4, 4, 4, 5, 6, 7, 8]
+    targets: list[int] = []
+    update = module.loss.target_critic.update
+    module.loss.target_critic.update = lambda critic: (
+        targets.append(int(module.update_step)),
+        update(critic),
+    )  # type: ignore[method-assign]
+    actor_steps, aux_steps = [], []
+
+    class Count(L.Callback):
+        def on_train_batch_end(self, trainer: L.Trainer, m: L.LightningModule, *args: Any) -> None:
+            _, actor_opt, _, aux_opt = m.optimizers()  # type: ignore[misc]
+            step = lambda opt: int(next(iter(opt.optimizer.state.values()), {"step": 0})["step"])  # noqa: E731
+            actor_steps.append(step(actor_opt))
+            aux_steps.append(step(aux_opt))
+
+    _fit(module, [_batch(seed=i) for i in range(8)], [Count()])
+    assert actor_steps == expected_actor_steps
+    assert aux_steps == expected_actor_steps  # all three share the frequency 2
+    assert len(targets) == expected_actor_steps[-1]

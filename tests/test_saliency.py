@@ -6,9 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from sgqn.nets import Critic, Encoder
+from sgqn.nets import Actor, Critic, Encoder
 from sgqn.objectives.reference import captum_guided_backprop
 from sgqn.saliency import (
+    GuidedRule,
     attribution_mask,
     full_mask_fraction,
     guided_backprop,
@@ -52,8 +53,10 @@ def test_one_forward_serves_the_guided_attribution_and_the_ordinary_backward() -
     critic = _critic()
     obs, action = torch.rand(4, 9, 32, 32) * 255, torch.rand(4, 2)
     x = obs.clone().requires_grad_()
-    q1, q2 = critic(x, action)
-    attribution = guided_grad(q1, x, retain_graph=True)
+    rule = GuidedRule()
+    with rule.recording():
+        q1, q2 = critic(x, action)
+    attribution = guided_grad(q1, x, rule, retain_graph=True)
     (q1.square().mean() + q2.mean()).backward()
     shared = [p.grad.clone() for p in critic.parameters()]
     critic.zero_grad()
@@ -62,6 +65,27 @@ def test_one_forward_serves_the_guided_attribution_and_the_ordinary_backward() -
     for a, p in zip(shared, critic.parameters(), strict=True):
         torch.testing.assert_close(a, p.grad, rtol=0, atol=0)
     torch.testing.assert_close(attribution, guided_backprop(critic, obs, action), rtol=0, atol=0)
+
+
+def test_the_guided_rule_cannot_leak_into_another_networks_backward() -> None:
+    # The actor reads the critic's encoder (the same GuidedReLU modules). While the critic's attribution
+    # backward is under way (its rule set to guided, e.g. in another thread), any other forward through
+    # those modules (here the shared encoder's, as an actor or an evaluation would run it) must still be
+    # back-propagated with the ordinary rule: it was recorded under no rule.
+    critic = _critic()
+    actor = Actor(critic.encoder, action_dim=2, feature_dim=16, hidden_dim=64)
+    assert actor.encoder is critic.encoder
+    obs = (torch.rand(4, 9, 32, 32) * 255).requires_grad_()
+    (plain,) = torch.autograd.grad(critic.encoder(obs).square().sum(), obs)
+    rule = GuidedRule()
+    with rule.recording():
+        q1, _ = critic(obs, torch.rand(4, 2))
+    with rule.guiding():
+        (during,) = torch.autograd.grad(critic.encoder(obs).square().sum(), obs)
+        guided = guided_grad(q1, obs, rule)
+    torch.testing.assert_close(during, plain, rtol=0, atol=0)
+    assert not torch.allclose(guided, torch.autograd.grad(critic(obs, torch.rand(4, 2))[0].sum(), obs)[0])
+    assert not rule.guided  # restored when the window ends
 
 
 @pytest.mark.parametrize("quantile", [0.95, 0.98, 0.5])

@@ -198,3 +198,12 @@ def test_tiny_sweep_end_to_end_with_a_killed_worker(tmp_path: Path) -> None:
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert "report/table.md" in logged and "report/curves_cartpole_balance.png" in logged
     assert json.loads((runs_dir / killed / "done.json").read_text())["agent_steps"] == 120
+
+
+def test_a_bad_trial_option_fails_before_ray_or_mlflow(tmp_path: Path) -> None:
+    path = sweep_file(tmp_path)
+    path.write_text(path.read_text().replace("eval.modes: [train]", "eval.modes: [train, video_medium]"))
+    done = _sweep(tmp_path)
+    assert done.returncode == 2
+    assert "trial sac-cartpole_balance-s0: --eval.modes: unknown mode 'video_medium'" in done.stderr
+    assert not (tmp_path / "sweeps").exists() and not (tmp_path / "mlflow.db").exists()

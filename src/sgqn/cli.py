@@ -177,8 +177,8 @@ def resume_from_checkpoint(config: Any) -> None:
     print(f"sgqn: resuming {ckpt} (MLflow run {run['run_id'] if run else 'unknown'})", file=sys.stderr)
 
 
-def cli_main(args: Sequence[str] | None = None) -> SGQNCLI:
-    return SGQNCLI(
+def cli_main(args: Sequence[str] | None = None, cli_class: type[SGQNCLI] = SGQNCLI) -> SGQNCLI:
+    return cli_class(
         SGQNModule,
         DMCDataModule,
         save_config_callback=MLflowSaveConfig,
@@ -239,4 +239,24 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit(err.exit_code) from None
 
 
-__all__ = ["SGQNCLI", "SGQNMLFlowLogger", "cli_main", "main"]
+class _Checked(Exception):
+    """Raised once a configuration has passed every check `sgqn fit` makes before creating anything."""
+
+
+class _CheckOnlyCLI(SGQNCLI):
+    def before_instantiate_classes(self) -> None:
+        super().before_instantiate_classes()
+        raise _Checked
+
+
+def check_fit_args(args: Sequence[str]) -> None:
+    """Parse and validate `sgqn fit` arguments exactly as `sgqn fit` would, creating nothing (no env, no
+    trainer, no MLflow run). Raises `ConfigError` (or exits 2 on a parse error, after printing it)."""
+    try:
+        cli_main(["fit", *args], cli_class=_CheckOnlyCLI)
+    except _Checked:
+        return
+    raise AssertionError("the check-only CLI always stops before instantiating")  # pragma: no cover
+
+
+__all__ = ["SGQNCLI", "SGQNMLFlowLogger", "check_fit_args", "cli_main", "main"]

@@ -5,8 +5,10 @@ One `training_step` pulls a batch and runs `update`, one agent update, in the re
     augment → critic (+ SVEA overlay term | + SGQN consistency term) → [SGQN aux step: saliency of the
     updated critic] → [actor + temperature] → [target soft update] → [SGQN aux step: attribution predictor]
 
-with the bracketed steps every `*_update_freq` updates, counted by the `update_step` buffer (saved in
-checkpoints; Lightning's `global_step` counts optimizer steps, several per update).
+with the bracketed steps due when the agent step the update runs at is a multiple of their
+`*_update_freq` (the reference's `agent.update(replay, L, step)`; `update_schedule="counted"` counts
+updates instead). Updates are counted by the `update_step` buffer (saved in checkpoints; Lightning's
+`global_step` counts optimizer steps, several per update).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 
 Algorithm = Literal["sac", "svea", "sgqn"]
 OnNonFinite = Literal["stop", "skip"]
+UpdateSchedule = Literal["reference", "counted"]
 
 
 class _SkipUpdate(Exception):
@@ -94,8 +97,8 @@ class SGQNModule(L.LightningModule):
         alpha_lr: Adam learning rate of log α (1e-4).
         alpha_beta: Adam β1 of log α (0.5).
         init_temperature: initial α (0.1); the entropy target is −|A|.
-        actor_update_freq: actor and temperature step every this many updates (2).
-        critic_target_update_freq: target soft update every this many updates (2).
+        actor_update_freq: actor and temperature step when the agent step is a multiple of this (2).
+        critic_target_update_freq: target soft update when the agent step is a multiple of this (2).
         critic_tau: Polyak rate of the target Q heads (0.01).
         encoder_tau: Polyak rate of the target convs and critic projection (0.05; the reference's
             `critic.encoder` includes the projection).
@@ -105,7 +108,11 @@ class SGQNModule(L.LightningModule):
         quantile: SGQN's ρ (0.95; 0.98 for cartpole and ball_in_cup). Also used by `attribution_maps`.
         aux_lr: Adam learning rate of the attribution predictor, shared encoder included (3e-4).
         aux_beta: Adam β1 of the attribution predictor (0.9).
-        aux_update_freq: attribution-predictor step every this many updates (2).
+        aux_update_freq: attribution-predictor step when the agent step is a multiple of this (2).
+        update_schedule: what the `*_update_freq`s count. "reference": the agent step the update runs
+            at, as the reference's `update(step)`; its burst of `init_steps` updates at the end of the
+            warm-up all run at agent step `init_steps`, so each of them also steps the actor, the target
+            and the predictor. "counted": the update's own index (every second burst update does).
         consistency_weight: SGQN's λ on the consistency term (0.5).
         mask_zero_ties: "keep" (reference): pixels tied with the ρ-quantile are salient, so a frame whose
             guided attribution is zero on ≥ ρ of its pixels gets an all-ones mask (its consistency term
@@ -161,6 +168,7 @@ class SGQNModule(L.LightningModule):
         aux_update_freq: int = 2,
         consistency_weight: float = 0.5,
         mask_zero_ties: ZeroTies = "keep",
+        update_schedule: UpdateSchedule = "reference",
         decoder_channels: tuple[int, int, int] = (32, 128, 64),
         subpixel_decoder: bool = True,
         svea_alpha: float = 0.5,
@@ -175,6 +183,8 @@ class SGQNModule(L.LightningModule):
         super().__init__()
         if algorithm not in ("sac", "svea", "sgqn"):
             raise ValueError(f"unknown algorithm {algorithm!r}")
+        if update_schedule not in ("reference", "counted"):
+            raise ValueError(f"update_schedule must be 'reference' or 'counted', not {update_schedule!r}")
         if on_nonfinite not in ("stop", "skip"):
             raise ValueError(f"on_nonfinite must be 'stop' or 'skip', not {on_nonfinite!r}")
         self.save_hyperparameters()
@@ -213,6 +223,9 @@ class SGQNModule(L.LightningModule):
         self.update_step: Tensor
         self.register_buffer("update_step", torch.zeros((), dtype=torch.long))
         self.skipped_updates = 0  # saved in checkpoints by `on_save_checkpoint` (not a buffer: old ones load)
+        # The latest value of each train/* metric since the last logged update: the actor's and the
+        # predictor's run on some updates only, and a log point must show them all (checkpointed).
+        self._unlogged: dict[str, Tensor] = {}
         if compile:
             self._compile_pure_parts()
 
@@ -290,15 +303,18 @@ class SGQNModule(L.LightningModule):
         if batch is None:  # an agent step of the random warm-up: nothing to learn yet
             return
         # Lightning moves a batch it hands in to the module's device; one pulled here is moved here.
-        self.update(self.trainer.strategy.batch_to_device(batch, dataloader_idx=0))
+        self.update(self.trainer.strategy.batch_to_device(batch, dataloader_idx=0), self._env_steps())
 
-    def update(self, batch: TensorDictBase) -> None:
-        """One agent update on `batch`, checked for non-finite losses (see `on_nonfinite`)."""
+    def update(self, batch: TensorDictBase, agent_step: int | None = None) -> None:
+        """One agent update on `batch`, run at `agent_step` (what `update_schedule="reference"` keys the
+        `*_update_freq`s on; None: the update's index), checked for non-finite losses (`on_nonfinite`)."""
         step = int(self.update_step)
         self.update_step += 1
+        reference = self.hparams.get("update_schedule", "reference") == "reference"
+        due_at = agent_step if reference and agent_step is not None else step
         losses: dict[str, Tensor] = {}
         try:
-            metrics = self._update(batch, step, losses)
+            metrics = self._update(batch, due_at, losses)
         except _SkipUpdate:
             self.skipped_updates += 1
             metrics = {}
@@ -316,14 +332,19 @@ class SGQNModule(L.LightningModule):
         # The progress bar and callbacks read these; the loggers get them below, on the update axis.
         self.log_dict(metrics, on_step=True, on_epoch=False, logger=False, batch_size=batch.shape[0])
         # MLflow's step for train/* is the update index (Lightning's batch counter also counts the
-        # warm-up's update-free agent steps). Even indices: the actor, alpha and aux losses exist there.
-        if self._trainer is not None and step % getattr(self.trainer, "log_every_n_steps", 50) == 0:
-            values = {k: float(v) for k, v in metrics.items()}
+        # warm-up's update-free agent steps), with each metric's latest value since the last log point.
+        if self._trainer is None:
+            return
+        self._unlogged |= metrics  # tensors: no host sync until a log point
+        if step % getattr(self.trainer, "log_every_n_steps", 50) == 0:
+            values = {k: float(v) for k, v in self._unlogged.items()}
+            self._unlogged = {}
             for logger in self.loggers:
                 logger.log_metrics(values, step=step)
 
     def _update(self, batch: TensorDictBase, step: int, losses: dict[str, Tensor]) -> dict[str, Tensor]:
-        """One agent update (the order in the module docstring); returns its metrics."""
+        """One agent update (the order in the module docstring) whose `*_update_freq`s are keyed on
+        `step`; returns its metrics."""
         hp: Any = self.hparams
         loss = self.loss
         critic_opt, actor_opt, alpha_opt, *aux_opt = self.optimizers()  # type: ignore[misc, attr-defined]
@@ -374,9 +395,11 @@ class SGQNModule(L.LightningModule):
         # Raising here stops Lightning before it writes the file: last.ckpt keeps the last good weights.
         check_weights(checkpoint["state_dict"], f"at agent step {self._env_steps()}")
         checkpoint["skipped_updates"] = self.skipped_updates
+        checkpoint["unlogged_train_metrics"] = {k: float(v) for k, v in self._unlogged.items()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.skipped_updates = int(checkpoint.get("skipped_updates", 0))
+        self._unlogged = {k: torch.tensor(v) for k, v in checkpoint.get("unlogged_train_metrics", {}).items()}
 
     # ------------------------------------------------------------------ acting and inspection
 

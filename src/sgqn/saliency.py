@@ -5,14 +5,18 @@ of Q1 to the input pixels; M_ρ(s, a) keeps the pixels whose attribution reaches
 sample and per stacked frame); s ⊙ M_ρ replaces the other pixels by one random grey level.
 
 Guided backprop changes only the backward rule of the ReLUs: a gradient passes where the ReLU's input was
-positive AND the incoming gradient is positive. `GuidedReLU` records a forward that either rule can
-back-propagate, chosen when the backward runs (`guided_backward()`), so a single critic forward serves
-both the attribution (guided rule, to the pixels) and the critic's loss (ordinary rule, to the weights).
+positive AND the incoming gradient is positive. A forward recorded under a `GuidedRule` (``with
+rule.recording():``) can be back-propagated with either rule, chosen when the backward runs, so a single
+critic forward serves both the attribution (guided rule, to the pixels) and the critic's loss (ordinary
+rule, to the weights). The switch belongs to that one recorded forward (it is saved in its graph), not to
+the process: another network's backward (an actor sharing the encoder, evaluated concurrently in another
+thread) always follows the ordinary rule.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from collections.abc import Iterator
 from typing import Any, Literal
 
@@ -21,57 +25,73 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-
-class _Rule:
-    guided = False  # read when a backward runs, not when the forward ran
+_RECORDING: contextvars.ContextVar[GuidedRule | None] = contextvars.ContextVar("guided_rule", default=None)
 
 
-@contextlib.contextmanager
-def guided_backward() -> Iterator[None]:
-    """Backward passes run inside this context use the guided rule at every `GuidedReLU`."""
-    previous, _Rule.guided = _Rule.guided, True
-    try:
-        yield
-    finally:
-        _Rule.guided = previous
+class GuidedRule:
+    """The backward rule of one recorded forward's `GuidedReLU`s: ordinary unless `guided` is set."""
+
+    def __init__(self) -> None:
+        self.guided = False  # read when a backward reaches a ReLU, not when the forward ran
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[GuidedRule]:
+        """Forwards run inside record their `GuidedReLU`s under this rule (this thread only)."""
+        token = _RECORDING.set(self)
+        try:
+            yield self
+        finally:
+            _RECORDING.reset(token)
+
+    @contextlib.contextmanager
+    def guiding(self) -> Iterator[None]:
+        """Backward passes run inside follow the guided rule at this rule's ReLUs (and only there)."""
+        previous, self.guided = self.guided, True
+        try:
+            yield
+        finally:
+            self.guided = previous
 
 
 class _SwitchableReLU(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, x: Tensor) -> Tensor:
+    def forward(ctx: Any, x: Tensor, rule: GuidedRule) -> Tensor:
         out = torch.relu(x)
         ctx.save_for_backward(out)
+        ctx.rule = rule
         return out
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, grad: Tensor) -> Tensor:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
         (out,) = ctx.saved_tensors
-        if _Rule.guided:
+        if ctx.rule.guided:
             grad = grad.clamp(min=0)
-        return torch.ops.aten.threshold_backward(grad, out, 0)
+        return torch.ops.aten.threshold_backward(grad, out, 0), None
 
 
 class GuidedReLU(nn.ReLU):
     """`nn.ReLU` (so captum and hooks still see a ReLU) whose backward may follow the guided rule.
 
-    No-grad forwards and compiled regions use the plain ReLU: neither is ever back-propagated with the
-    guided rule (`torch.compile` would freeze the rule into the graph).
+    Only forwards recorded under a `GuidedRule` can: every other forward (no-grad, compiled, the actor's,
+    the critic's ordinary ones) is the plain ReLU, the same function and gradient.
     """
 
     def forward(self, x: Tensor) -> Tensor:
-        if not torch.is_grad_enabled() or torch.compiler.is_compiling():
+        rule = _RECORDING.get()
+        if rule is None or not torch.is_grad_enabled() or torch.compiler.is_compiling():
             return F.relu(x)
-        return _SwitchableReLU.apply(x)
+        return _SwitchableReLU.apply(x, rule)
 
 
-def guided_grad(q1: Tensor, obs: Tensor, retain_graph: bool = False) -> Tensor:
-    """Guided gradient of `q1.sum()` w.r.t. `obs` (per sample, since samples do not interact).
+def guided_grad(q1: Tensor, obs: Tensor, rule: GuidedRule, retain_graph: bool = False) -> Tensor:
+    """Guided gradient of `q1.sum()` w.r.t. `obs` (per sample, since samples do not interact), for a
+    forward recorded under `rule`.
 
     Only the path to `obs` is back-propagated: no parameter receives a gradient. `retain_graph=True`
     keeps the forward for a later ordinary backward (the critic's loss).
     """
-    with guided_backward():
+    with rule.guiding():
         (grad,) = torch.autograd.grad(q1.sum(), obs, retain_graph=retain_graph)
     return grad
 
@@ -83,9 +103,11 @@ def guided_backprop(critic: nn.Module, obs: Tensor, action: Tensor) -> Tensor:
     critic scales it), so the attribution is per raw pixel value, as captum's `GuidedBackprop` gives.
     """
     obs = obs.detach().float().requires_grad_()
-    with torch.enable_grad():
+    rule = GuidedRule()
+    with torch.enable_grad(), rule.recording():
         q1, _ = critic(obs, action.detach())
-        return guided_grad(q1, obs)
+    with torch.enable_grad():
+        return guided_grad(q1, obs, rule)
 
 
 def quantile_threshold(x: Tensor, q: float) -> Tensor:
@@ -151,11 +173,11 @@ def masked_observation(obs: Tensor, mask: Tensor, generator: torch.Generator | N
 
 __all__ = [
     "GuidedReLU",
+    "GuidedRule",
     "ZeroTies",
     "attribution_mask",
     "full_mask_fraction",
     "guided_backprop",
-    "guided_backward",
     "guided_grad",
     "masked_observation",
     "quantile_threshold",

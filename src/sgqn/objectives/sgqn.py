@@ -23,7 +23,14 @@ from torch import Tensor, nn
 from sgqn.augment import Overlay
 from sgqn.nets import Actor, AttributionDecoder, Critic
 from sgqn.objectives.sac import Metrics, SACLoss
-from sgqn.saliency import ZeroTies, attribution_mask, full_mask_fraction, guided_grad, masked_observation
+from sgqn.saliency import (
+    GuidedRule,
+    ZeroTies,
+    attribution_mask,
+    full_mask_fraction,
+    guided_grad,
+    masked_observation,
+)
 
 
 @dataclass
@@ -72,10 +79,12 @@ class SaliencyGuidance(nn.Module):
         forward); otherwise the graph is freed after the attribution.
         """
         obs = obs.detach().requires_grad_()
+        rule = GuidedRule()  # the guided rule applies to this forward's backward only
         with torch.enable_grad():
-            features = self.critic.encoder(obs)
-            q1, q2 = self.critic.heads(features, action.detach())
-            attribution = guided_grad(q1, obs, retain_graph=keep_graph)
+            with rule.recording():
+                features = self.critic.encoder(obs)
+                q1, q2 = self.critic.heads(features, action.detach())
+            attribution = guided_grad(q1, obs, rule, retain_graph=keep_graph)
         mask = attribution_mask(attribution, self.quantile, self.frames, self.zero_ties)
         return Saliency(attribution, mask, q1, q2, features)
 

@@ -66,6 +66,24 @@ def _trial_entry(config: dict[str, Any]) -> None:
     run_trial(config["spec"])
 
 
+def preflight(spec: SweepSpec, trials: list[Trial], folder: Path) -> None:
+    """Every trial's `sgqn fit` options checked as `sgqn fit` checks them, before Ray or any MLflow run
+    exists: a typo fails in seconds, not once per trial after the cluster has started. Seeds do not
+    change what is valid, so one trial per distinct set of other options is checked."""
+    from sgqn.cli import check_fit_args
+
+    seen: set[tuple[Any, ...]] = set()
+    for trial in trials:
+        key = (trial.configs, tuple(o for o in trial.options if o[0] != "data.seed"))
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            check_fit_args(trial.argv(folder / "runs" / trial.name))
+        except ConfigError as err:
+            raise ConfigError(f"trial {trial.name}: {err}") from err
+
+
 def open_sweep(spec: SweepSpec, folder: Path, uri: str) -> tuple[str, bool]:
     """The parent run of this sweep folder (continued), or a new one. Returns (run id, continued)."""
     from mlflow import MlflowClient
@@ -121,6 +139,7 @@ def run_sweep(
             file=sys.stderr,
         )
     trials = spec.trials()
+    preflight(spec, trials, folder)
     parent_run_id, continued = open_sweep(spec, folder, uri)
     configs = [trial_config(spec, t, folder / "runs" / t.name, parent_run_id, uri, poll_s) for t in trials]
     done_before = sum((Path(c["folder"]) / DONE).exists() for c in configs)
