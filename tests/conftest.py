@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-import sgqn.envs  # noqa: F401  (selects MUJOCO_GL before dm_control is imported anywhere)
+from sgqn.envs import select_gl_backend
+
+select_gl_backend()  # MUJOCO_GL before any test module imports mujoco or dm_control
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -133,3 +133,20 @@ def test_fast_render_is_close_to_reference() -> None:
     ref = make_env("walker_walk", seed=0, render_quality="reference").reset()["pixels"].float()
     fast = make_env("walker_walk", seed=0, render_quality="fast").reset()["pixels"].float()
     assert 0 < (ref - fast).abs().mean().item() < 3.0
+
+
+def test_importing_the_env_package_probes_no_gl_backend_and_loads_no_mujoco() -> None:
+    # Validation, `--help` and reports import sgqn.envs for its names: that must not start subprocess
+    # probes or import dm_control (which fixes its GL backend); the first env does.
+    import subprocess
+    import sys
+
+    code = (
+        "import os, sys; os.environ.pop('MUJOCO_GL', None)\n"
+        "import sgqn.envs, sgqn.validation\n"
+        "assert 'dm_control' not in sys.modules, 'dm_control imported'\n"
+        "assert 'MUJOCO_GL' not in os.environ, 'probed'\n"
+        "print(sgqn.envs.MODES[-1])"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "distracting_cs", done.stderr

@@ -10,7 +10,7 @@ from mlflow import MlflowClient
 
 from sgqn.cli import main
 from sgqn.envs import MODES
-from sgqn.evaluation import evaluate_parser
+from sgqn.evaluate import evaluate_parser
 from sgqn.tracking import CHECKPOINT_DIR_TAG, find_checkpoint
 
 

@@ -21,10 +21,10 @@ from tensordict import TensorDict
 from torch.utils.data import DataLoader
 
 from cli_helpers import all_runs, fit_args, short_run
+from sgqn.assets.colors import load_color_settings
+from sgqn.assets.errors import DataSourceError
 from sgqn.callbacks import EnvStepCheckpoint
 from sgqn.cli import main
-from sgqn.data.colors import load_color_settings
-from sgqn.data.errors import DataSourceError
 from sgqn.guards import (
     MLFLOW_HTTP_DEFAULTS,
     TrainingDiverged,

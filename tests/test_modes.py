@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from sgqn.data import embedded_color_settings
+from sgqn.assets import embedded_color_settings
 from sgqn.envs import make_env
 from sgqn.envs.modes import DISTRACTING_CS_INTENSITIES, MODES, make_mode
 from sgqn.envs.modes.distracting import DistractingCSMode

@@ -294,3 +294,22 @@ def test_the_burst_steps_actor_target_and_predictor_as_the_reference(
     assert actor_steps == expected_actor_steps
     assert aux_steps == expected_actor_steps  # all three share the frequency 2
     assert len(targets) == expected_actor_steps[-1]
+
+
+@pytest.mark.parametrize("frames", [1, 2, 3, 4])
+def test_sgqn_masks_each_stacked_frame_for_any_frame_stack(frames: int) -> None:
+    # The mask's frames come from the observation's channels: with 2 or 4 stacked frames a fixed "3"
+    # would split the channels wrongly (or fail).
+    torch.manual_seed(0)
+    shape = (3 * frames, SIZE, SIZE)
+    module = SGQNModule(
+        algorithm="sgqn", **{**SMALL, "observation_shape": shape, "feature_dim": 16, "tune_malloc": False}
+    )
+    obs = torch.randint(0, 256, (4, *shape), dtype=torch.uint8).float()
+    saliency = module.loss.guidance.saliency(obs, torch.rand(4, A))
+    per_frame = saliency.mask.reshape(4, frames, 3, -1)
+    assert torch.equal(per_frame[:, :, 0], per_frame[:, :, 2])  # one mask per frame, over its colours
+    coverage = per_frame[:, :, 0].float().mean(-1)
+    assert ((coverage >= 0.05) & (coverage < 0.5)).all(), coverage  # ~1 - rho of EACH frame is kept
+    maps = module.attribution_maps(obs[:2].to(torch.uint8))
+    assert maps["mask"].shape == (2, *shape) and maps["predicted_mask"].shape == (2, *shape)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from sgqn.data import (
+from sgqn.assets import (
     COLOR_KEYS,
     DAVIS17_TRAINING_VIDEOS,
     EMBEDDED_IMAGES,
@@ -27,7 +27,7 @@ from sgqn.data import (
     load_overlay_images,
     resize_bilinear,
 )
-from sgqn.data import embedded as embedded_module
+from sgqn.assets import embedded as embedded_module
 from sgqn.envs import make_env
 
 
@@ -106,7 +106,7 @@ def test_colour_pickle_structure_is_checked(tmp_path: Path) -> None:
 
 
 def test_dmcgb_videos_decode_resized_as_dmcgb(dmcgb_root: Path, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="sgqn.data"):
+    with caplog.at_level(logging.INFO, logger="sgqn.assets"):
         clips = DataSources(dmcgb_root=str(dmcgb_root)).video_clips("easy")
     on_disk = [p.name for p in (dmcgb_root / "video_easy").glob("video*.mp4")]
     assert [c.name for c in clips] == sorted(on_disk, key=lambda name: int(name[5:-4]))  # numeric order

@@ -22,6 +22,7 @@ from lightning.pytorch import Trainer  # noqa: E402
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI  # noqa: E402
 from lightning.pytorch.loggers import MLFlowLogger  # noqa: E402
 
+from sgqn.assets.errors import DataSourceError  # noqa: E402
 from sgqn.callbacks import EnvStepCheckpoint, TrainingProgress  # noqa: E402
 from sgqn.checkpointing import (  # noqa: E402
     AtomicCheckpointIO,
@@ -30,7 +31,6 @@ from sgqn.checkpointing import (  # noqa: E402
     load_checkpoint_file,
 )
 from sgqn.console import SUBCOMMANDS, SGQNArgumentParser, fail, fit_summary, help_text, one_line  # noqa: E402
-from sgqn.data.errors import DataSourceError  # noqa: E402
 from sgqn.data.stream import DMCDataModule  # noqa: E402
 from sgqn.evaluation import EvaluationCallback  # noqa: E402
 from sgqn.guards import TrainingDiverged, mark_dead_runs_of, set_mlflow_http_defaults  # noqa: E402
@@ -208,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     try:
         if words[0] == "evaluate":
-            from sgqn.evaluation import evaluate_main
+            from sgqn.evaluate import evaluate_main
 
             evaluate_main(words[1:])
             return

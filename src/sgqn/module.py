@@ -253,7 +253,7 @@ class SGQNModule(L.LightningModule):
         if hp.tune_malloc and tune_cpu_malloc():
             log.info("glibc malloc tuned: no mmap'd allocations, no trimming")
         if self.uses_overlay and self.loss.overlay.images is None:  # type: ignore[union-attr]
-            from sgqn.data.sources import load_overlay_images  # lazy: the data side is heavy to import
+            from sgqn.assets.sources import load_overlay_images  # lazy: the data side is heavy to import
 
             self.set_overlay_images(load_overlay_images(hp.overlay_root, hp.observation_shape[-1]))
 

@@ -19,10 +19,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from sgqn.data.clips import IMAGE_SUFFIXES
-from sgqn.data.errors import DataSourceError
+from sgqn.assets.clips import IMAGE_SUFFIXES
+from sgqn.assets.errors import DataSourceError
+from sgqn.assets.sources import PLACES_LAYOUT, DataSources
 from sgqn.data.replay import check_capacity_fits, check_disk_fits, default_replay_capacity
-from sgqn.data.sources import PLACES_LAYOUT, DataSources
 from sgqn.envs import DEFAULT_ACTION_REPEAT, MODES, TASKS
 from sgqn.envs.modes.distracting import GROUND_PLANE_ALPHA, INTENSITIES, NUM_VIDEOS
 from sgqn.tracking import default_tracking_uri, sqlite_path

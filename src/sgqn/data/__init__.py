@@ -1,36 +1,3 @@
-"""Data for the DMC-GB test modes and the overlay augmentation: user directories or embedded defaults."""
-
-from sgqn.data.cache import cache_dir, clear_memory_cache
-from sgqn.data.clips import Clip, JpegDirClip, Mp4Clip, resize_bilinear
-from sgqn.data.colors import (
-    COLOR_KEYS,
-    ColorSetting,
-    embedded_color_settings,
-    export_color_json,
-    load_color_settings,
-)
-from sgqn.data.embedded import EMBEDDED_IMAGES, EmbeddedClip, embedded_clips, embedded_overlays
-from sgqn.data.errors import DataSourceError
-from sgqn.data.sources import DAVIS17_TRAINING_VIDEOS, DataSources, load_overlay_images
-
-__all__ = [
-    "COLOR_KEYS",
-    "DAVIS17_TRAINING_VIDEOS",
-    "EMBEDDED_IMAGES",
-    "Clip",
-    "ColorSetting",
-    "DataSourceError",
-    "DataSources",
-    "EmbeddedClip",
-    "JpegDirClip",
-    "Mp4Clip",
-    "cache_dir",
-    "clear_memory_cache",
-    "embedded_clips",
-    "embedded_color_settings",
-    "embedded_overlays",
-    "export_color_json",
-    "load_color_settings",
-    "load_overlay_images",
-    "resize_bilinear",
-]
+"""The training data path: env → collector → frame-once replay → the stream of batches the module pulls
+(`sgqn.data.stream`, `sgqn.data.replay`). The images and videos of the test modes and the overlay are
+`sgqn.assets`."""

@@ -28,8 +28,8 @@ from torch.utils.data import DataLoader, IterableDataset
 from torchrl.collectors import Collector
 from torchrl.envs import EnvBase, StepCounter
 
+from sgqn.assets.sources import DataSources
 from sgqn.data.replay import FrameReplay, default_replay_capacity
-from sgqn.data.sources import DataSources
 from sgqn.envs import make_env
 from sgqn.envs.state import env_state, load_env_state
 

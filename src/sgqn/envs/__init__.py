@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+from sgqn.envs.names import DISTRACTING_CS_INTENSITIES, MODES
 from sgqn.envs.render import RenderQuality, select_gl_backend
 from sgqn.envs.tasks import DEFAULT_ACTION_REPEAT, EPISODE_PHYSICS_STEPS, TASKS, split_task
 
-select_gl_backend()  # before anything imports dm_control
+if TYPE_CHECKING:
+    from torchrl.envs import EnvBase
 
-from torchrl.envs import (  # noqa: E402
-    CatFrames,
-    DoubleToFloat,
-    EnvBase,
-    PermuteTransform,
-    TransformedEnv,
-)
-from torchrl.envs.libs.dm_control import DMControlWrapper  # noqa: E402
-
-from sgqn.envs.dmc import ActionRepeat, ModePixels  # noqa: E402
-from sgqn.envs.modes import MODES, make_mode  # noqa: E402
+# dm_control fixes its GL backend when first imported: `sgqn.envs.dmc` (the only module importing it at
+# its top) and `make_env` call `select_gl_backend()` first; importing this package for its names probes
+# nothing.
 
 
 def _positive(name: str, value: int) -> int:
@@ -56,12 +50,19 @@ def make_env(
         mode: ``"train"`` or a DMC-GB test mode (`sgqn.envs.MODES`).
         intensity: distraction intensity for ``distracting_cs``.
         render_quality: ``"reference"`` (MuJoCo defaults) or ``"fast"`` (see `RenderQuality`).
-        data: data sources for test modes (`sgqn.data.DataSources`); ``None`` uses the embedded default.
+        data: data sources for test modes (`sgqn.assets.DataSources`); ``None`` uses the embedded default.
         device: device of the output tensors.
 
     An episode lasts `EPISODE_PHYSICS_STEPS / action_repeat` agent steps and ends *truncated* (never
     terminated): DMC tasks have no terminal states, so targets must bootstrap through the time limit.
     """
+    select_gl_backend()  # the first env probes the OpenGL backends (once per process)
+    from torchrl.envs import CatFrames, DoubleToFloat, PermuteTransform, TransformedEnv
+    from torchrl.envs.libs.dm_control import DMControlWrapper
+
+    from sgqn.envs.dmc import ActionRepeat, ModePixels
+    from sgqn.envs.modes import make_mode
+
     domain, task = split_task(name)
     if action_repeat is None:
         action_repeat = DEFAULT_ACTION_REPEAT[name]
@@ -103,6 +104,7 @@ def make_env(
 
 __all__ = [
     "DEFAULT_ACTION_REPEAT",
+    "DISTRACTING_CS_INTENSITIES",
     "EPISODE_PHYSICS_STEPS",
     "MODES",
     "TASKS",

@@ -11,13 +11,17 @@ from __future__ import annotations
 import collections
 from typing import Any
 
-import dm_env
-import numpy as np
-from dm_control.mujoco.engine import Camera
-from dm_control.suite.wrappers import pixels
+from sgqn.envs.render import select_gl_backend
 
-from sgqn.envs.modes.base import Mode
-from sgqn.envs.render import RenderQuality
+select_gl_backend()  # before dm_control is imported: it fixes its GL backend (MUJOCO_GL) at import
+
+import dm_env  # noqa: E402
+import numpy as np  # noqa: E402
+from dm_control.mujoco.engine import Camera  # noqa: E402
+from dm_control.suite.wrappers import pixels  # noqa: E402
+
+from sgqn.envs.modes.base import Mode  # noqa: E402
+from sgqn.envs.render import RenderQuality  # noqa: E402
 
 
 class ActionRepeat(dm_env.Environment):

@@ -6,10 +6,9 @@ import math
 from typing import Any, Literal, cast
 
 from sgqn.envs.modes.base import Mode
-from sgqn.envs.modes.distracting import INTENSITIES, NUM_VIDEOS
+from sgqn.envs.names import DISTRACTING_CS_INTENSITIES, MODES
 
-MODES: tuple[str, ...] = ("train", "color_easy", "color_hard", "video_easy", "video_hard", "distracting_cs")
-DISTRACTING_CS_INTENSITIES: tuple[float, ...] = INTENSITIES
+INTENSITIES = DISTRACTING_CS_INTENSITIES
 Level = Literal["easy", "hard"]
 
 
@@ -44,7 +43,7 @@ def make_mode(
         name: one of `MODES`.
         domain: DMC domain, e.g. "walker".
         intensity: `distracting_cs` intensity, one of `DISTRACTING_CS_INTENSITIES` (others: None or 0).
-        data: `sgqn.data.DataSources` (or a mapping of its fields, or None for the embedded defaults).
+        data: `sgqn.assets.DataSources` (or a mapping of its fields, or None for the embedded defaults).
         action_repeat: physics steps per agent step; `distracting_cs` advances its dynamics per physics step.
         image_size: rendered side; sizes `distracting_cs`'s sky texture.
         camera_id: the rendering camera, which `distracting_cs` moves.
@@ -55,7 +54,7 @@ def make_mode(
     if name == "train":
         return Mode()
 
-    from sgqn.data.sources import DataSources  # the data stack is only needed by the test modes
+    from sgqn.assets.sources import DataSources  # the data stack is only needed by the test modes
 
     sources = DataSources.coerce(data)
     if name in ("color_easy", "color_hard"):
@@ -68,7 +67,7 @@ def make_mode(
         level = cast(Level, name.removeprefix("video_"))
         return VideoMode(name, sources.video_clips(level), key_floor=level == "hard")
 
-    from sgqn.envs.modes.distracting import GROUND_PLANE_ALPHA, DistractingCSMode
+    from sgqn.envs.modes.distracting import GROUND_PLANE_ALPHA, NUM_VIDEOS, DistractingCSMode
 
     if domain not in GROUND_PLANE_ALPHA:
         raise ValueError(f"distracting_cs supports domains {sorted(GROUND_PLANE_ALPHA)}, not {domain!r}")

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from sgqn.data.colors import ColorSetting
+from sgqn.assets.colors import ColorSetting
 from sgqn.envs.modes.base import Mode
 from sgqn.envs.modes.textures import BuiltinTexture, material_id
 

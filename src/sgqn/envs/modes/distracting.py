@@ -29,11 +29,12 @@ from typing import Any
 import mujoco
 import numpy as np
 
-from sgqn.data.clips import Clip
+from sgqn.assets.clips import Clip
 from sgqn.envs.modes.base import Mode
 from sgqn.envs.modes.textures import material_id, texture_id, upload_texture
+from sgqn.envs.names import DISTRACTING_CS_INTENSITIES
 
-INTENSITIES: tuple[float, ...] = (0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)
+INTENSITIES: tuple[float, ...] = DISTRACTING_CS_INTENSITIES
 NUM_VIDEOS: dict[float, int | None] = {
     0.025: 2, 0.05: 2, 0.1: 4, 0.15: 6, 0.2: 8, 0.3: None, 0.4: None, 0.5: None
 }  # fmt: skip

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from sgqn.data.clips import Clip
+from sgqn.assets.clips import Clip
 from sgqn.envs.modes.base import Mode
 from sgqn.envs.modes.textures import BuiltinTexture
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-log = logging.getLogger("sgqn.data")
+log = logging.getLogger("sgqn.assets")
 
 _MEMORY_BUDGET = 1 << 30  # bytes of *in-memory* (not memory-mapped) arrays kept by the LRU
 

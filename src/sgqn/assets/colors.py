@@ -18,9 +18,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from sgqn.data.errors import DataSourceError
+from sgqn.assets.errors import DataSourceError
 
-log = logging.getLogger("sgqn.data")
+log = logging.getLogger("sgqn.assets")
 
 ColorSetting = dict[str, np.ndarray]
 COLOR_KEYS: tuple[str, ...] = ("grid_rgb1", "grid_rgb2", "self_rgb", "skybox_rgb")

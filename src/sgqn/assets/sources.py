@@ -1,9 +1,9 @@
 """Where test-mode and augmentation data come from: user data directories or the embedded default.
 
 `DataSources` names the directories researchers already have; a field left `None` means the embedded
-default (`sgqn.data.embedded`). A directory that is given but missing, empty, corrupt or laid out
+default (`sgqn.assets.embedded`). A directory that is given but missing, empty, corrupt or laid out
 differently raises `DataSourceError` naming the path and the expected layout; there is never a silent
-fallback to the default. Which source each consumer uses is logged on the "sgqn.data" logger.
+fallback to the default. Which source each consumer uses is logged on the "sgqn.assets" logger.
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from sgqn.data.cache import cached_array
-from sgqn.data.clips import IMAGE_SUFFIXES, Clip, JpegDirClip, Mp4Clip, image_files, read_image
-from sgqn.data.colors import COLOR_LEVELS, ColorSetting, embedded_color_settings, load_color_settings
-from sgqn.data.embedded import MAX_DEFAULT_OVERLAYS, embedded_clips, embedded_overlays
-from sgqn.data.errors import DataSourceError
+from sgqn.assets.cache import cached_array
+from sgqn.assets.clips import IMAGE_SUFFIXES, Clip, JpegDirClip, Mp4Clip, image_files, read_image
+from sgqn.assets.colors import COLOR_LEVELS, ColorSetting, embedded_color_settings, load_color_settings
+from sgqn.assets.embedded import MAX_DEFAULT_OVERLAYS, embedded_clips, embedded_overlays
+from sgqn.assets.errors import DataSourceError
 
-log = logging.getLogger("sgqn.data")
+log = logging.getLogger("sgqn.assets")
 
 DMCGB_LAYOUT = (
     "color_easy.pt, color_hard.pt, video_easy/video*.mp4, video_hard/video*.mp4 (DMC-GB's src/env/data)"
@@ -196,7 +196,7 @@ def load_overlay_images(
             (fixed-seed choice), so the subset is reproducible.
 
     Each image is centre-cropped square and resized once (bicubic, antialiased); the result is cached in
-    process and on disk (`sgqn.data.cache`), so later calls are instant.
+    process and on disk (`sgqn.assets.cache`), so later calls are instant.
     """
     if not isinstance(size, int) or size <= 0 or not isinstance(max_images, int) or max_images <= 0:
         raise ValueError(f"size and max_images must be positive integers, got {size!r}, {max_images!r}")

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from sgqn.data.cache import cached_array, file_key
-from sgqn.data.errors import DataSourceError
+from sgqn.assets.cache import cached_array, file_key
+from sgqn.assets.errors import DataSourceError
 
-log = logging.getLogger("sgqn.data")
+log = logging.getLogger("sgqn.assets")
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 _MP4_METHOD = "bilinear-noaa-v1"  # bump when the decode/resize output changes, to invalidate caches

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sgqn.data.clips import Clip, read_image
-from sgqn.data.errors import DataSourceError
+from sgqn.assets.clips import Clip, read_image
+from sgqn.assets.errors import DataSourceError
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ def _package_dir(package: str) -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise DataSourceError(
             f"the embedded default images need the {package!r} package; install scikit-image and "
-            "scikit-learn, or pass a data directory (sgqn.data.DataSources)"
+            "scikit-learn, or pass a data directory (sgqn.assets.DataSources)"
         )
     return Path(next(iter(spec.submodule_search_locations)))
 
