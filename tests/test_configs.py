@@ -1,16 +1,28 @@
-"""Every shipped experiment config composes into the settings its path names."""
+"""Configs: the paper's settings are the defaults, one table of per-task defaults, experiment files
+that hold only differences, and settings of another algorithm rejected."""
 
 from __future__ import annotations
 
+import inspect
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
-from sgqn.cli import cli_main
+from sgqn.cli import check_fit_args, cli_main
+from sgqn.data.stream import DMCDataModule
+from sgqn.envs import DEFAULT_ACTION_REPEAT, TASK_DEFAULTS, TASKS
+from sgqn.module import SGQNModule
+from sgqn.validation import ConfigError
+
+SMALL: dict = dict(
+    observation_shape=(9, 32, 32), action_dim=2, num_conv_layers=2, num_filters=8, hidden_dim=16
+)
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-EXPERIMENTS = sorted(p for algo in ("sac", "svea", "sgqn") for p in (CONF / algo).glob("*.yaml"))
+PAPER_RHO = {"cartpole_swingup": 0.98, "ball_in_cup_catch": 0.98, "walker_walk": 0.95, "walker_stand": 0.95}
+PAPER_RHO |= {"finger_spin": 0.95}
 
 
 def resolved(capsys: pytest.CaptureFixture, *args: str) -> dict:
@@ -20,30 +32,72 @@ def resolved(capsys: pytest.CaptureFixture, *args: str) -> dict:
     return yaml.safe_load(capsys.readouterr().out)
 
 
-def test_every_algorithm_has_every_task() -> None:
-    tasks = {p.stem for p in (CONF / "data").glob("*.yaml")}
-    assert len(tasks) >= 8
-    for algo in ("sac", "svea", "sgqn"):
-        assert {p.stem for p in (CONF / algo).glob("*.yaml")} == tasks
+def test_one_table_of_per_task_defaults() -> None:
+    assert set(TASK_DEFAULTS) == set(TASKS) and len(TASKS) >= 8
+    for task, rho in PAPER_RHO.items():  # the paper's appendix
+        assert TASK_DEFAULTS[task].quantile == rho
+    assert DEFAULT_ACTION_REPEAT["cartpole_swingup"] == 8 and DEFAULT_ACTION_REPEAT["finger_spin"] == 2
+    assert DEFAULT_ACTION_REPEAT["walker_walk"] == 4
 
 
-@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: f"{p.parent.name}/{p.stem}")
-def test_experiment_composes(path: Path, capsys: pytest.CaptureFixture) -> None:
-    config = resolved(capsys, "-c", str(path))
-    algo, task = path.parent.name, path.stem
-    assert config["model"]["algorithm"] == algo and config["data"]["task"] == task
-    assert config["model"]["num_conv_layers"] == 11 and config["data"]["batch_size"] == 128
-    if algo == "sgqn":
-        expected = 0.98 if task.startswith(("cartpole", "ball_in_cup")) else 0.95
-        assert config["model"]["quantile"] == expected
-    assert config["trainer"]["logger"]["class_path"].endswith("SGQNMLFlowLogger")
+@pytest.mark.parametrize("task", sorted(PAPER_RHO))
+def test_the_paper_run_needs_no_config_file(task: str, capsys: pytest.CaptureFixture) -> None:
+    config = resolved(capsys, "--model.algorithm", "sgqn", "--data.task", task)
+    model, data = config["model"], config["data"]
+    assert model["num_conv_layers"] == 11 and model["num_filters"] == 32 and model["hidden_dim"] == 1024
+    assert model["feature_dim"] == 100 and model["critic_lr"] == 1e-3 and model["alpha_lr"] == 1e-4
+    assert data["batch_size"] == 128 and data["image_size"] == 84 and data["num_env_steps"] == 500_000
+    assert data["render_quality"] == "reference" and data["frame_stack"] == 3
+    assert model["quantile"] is None and model["update_schedule"] == "reference"  # rho: the task's
+    assert SGQNModule(quantile=None, task=task, **SMALL).quantile == PAPER_RHO[task]
+
+
+def test_explicit_rho_wins_over_the_tasks() -> None:
+    assert SGQNModule(quantile=0.9, task="cartpole_swingup", **SMALL).quantile == 0.9
+
+
+def test_no_config_file_restates_a_default() -> None:
+    files = sorted(p.relative_to(CONF).as_posix() for p in CONF.rglob("*.yaml"))
+    assert files == ["quickstart.yaml", "sweep/cpu_mini.yaml", "sweep/paper.yaml", "tiny.yaml"]
+    for name in ("quickstart.yaml", "tiny.yaml"):
+        data = yaml.safe_load((CONF / name).read_text())
+        defaults = {**_defaults(SGQNModule), **{f"data.{k}": v for k, v in _defaults(DMCDataModule).items()}}
+        for key, value in data.get("model", {}).items():
+            if key == "algorithm":  # what the experiment is, stated even when it is the default
+                continue
+            assert value != defaults.get(key, object()), f"{name}: model.{key} restates its default"
+        for key, value in data.get("data", {}).items():
+            assert value != defaults.get(f"data.{key}", object()), f"{name}: data.{key} restates its default"
 
 
 def test_command_line_overrides_win(capsys: pytest.CaptureFixture) -> None:
     config = resolved(
-        capsys, "-c", str(CONF / "sgqn" / "walker_walk.yaml"), "--model.quantile", "0.9", "--data.seed", "3"
+        capsys, "-c", str(CONF / "quickstart.yaml"), "--model.quantile", "0.9", "--data.seed", "3"
     )
     assert config["model"]["quantile"] == 0.9 and config["data"]["seed"] == 3
+    assert config["model"]["num_conv_layers"] == 3  # the file's
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--model.algorithm", "sac", "--model.quantile", "0.9"], "--model.quantile (sgqn only)"),
+        (["--model.algorithm", "sgqn", "--model.svea_alpha", "0.3"], "--model.svea_alpha (svea only)"),
+        (["-c", str(CONF / "quickstart.yaml"), "--model.algorithm", "svea"], "--model.decoder_channels"),
+    ],
+)
+def test_a_setting_of_another_algorithm_is_an_error(args: list[str], named: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        check_fit_args([*args, "--trainer.logger", "false"])
+    check_fit_args(["--model.algorithm", "sac", "--model.quantile", "null", "--trainer.logger", "false"])
+
+
+def _defaults(cls: type) -> dict[str, object]:
+    return {
+        k: list(p.default) if isinstance(p.default, tuple) else p.default
+        for k, p in inspect.signature(cls.__init__).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
 
 
 def test_data_seed_also_seeds_torch() -> None:

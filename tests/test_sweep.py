@@ -73,9 +73,18 @@ def test_grid_expands_to_named_trials_with_plain_fit_commands(tmp_path: Path) ->
 def test_config_templates_and_bad_sweep_files(tmp_path: Path) -> None:
     path = sweep_file(tmp_path)
     text = path.read_text()
-    path.write_text(text.replace(f"config: {TINY}", f"config: {REPO}/conf/{{algorithm}}/{{task}}.yaml"))
+    (tmp_path / "sgqn_cartpole_balance.yaml").write_text("model: {hidden_dim: 64}\n")
+    (tmp_path / "sac_cartpole_balance.yaml").write_text("model: {hidden_dim: 32}\n")
+    path.write_text(text.replace(f"config: {TINY}", 'config: ["{algorithm}_{task}.yaml"]'))
     trials = load_sweep(path).trials()
-    assert trials[2].configs == (str(REPO / "conf" / "sgqn" / "cartpole_balance.yaml"),)
+    assert trials[2].configs == (str(tmp_path / "sgqn_cartpole_balance.yaml"),)
+    # per-algorithm options, and no base config at all (the code's defaults are the paper's settings)
+    path.write_text(
+        text.replace(f"config: {TINY}", "algorithm_overrides: {sgqn: {model.decoder_channels: [4, 8, 4]}}")
+    )
+    trials = load_sweep(path).trials()
+    assert trials[0].configs == () and "model.decoder_channels" not in dict(trials[0].options)
+    assert dict(trials[2].options)["model.decoder_channels"] == "[4, 8, 4]"
     for bad, message in [
         (text + "gird: {}\n", "unknown key"),
         (text.replace("  data.init_steps: 20", "  seed: 3"), "both swept"),

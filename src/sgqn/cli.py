@@ -1,6 +1,6 @@
 """`sgqn fit` (LightningCLI over `SGQNModule` and `DMCDataModule`) and `sgqn evaluate`.
 
-sgqn fit -c conf/sgqn/walker_walk.yaml --model.quantile 0.9 --data.num_env_steps 100000
+sgqn fit --model.algorithm sgqn --data.task walker_walk --model.quantile 0.9 --data.num_env_steps 100000
 sgqn evaluate --ckpt run1.ckpt run2.ckpt --modes train color_hard video_hard --episodes 100
 """
 
@@ -97,6 +97,8 @@ class SGQNCLI(LightningCLI):
         name = run_name(algorithm, hp.task, f"s{hp.seed}", when=self.started_at)
         tags = run_tags(algorithm, hp.task, hp.seed)
         resolved = resolved_data_params(dict(hp) | {"overlay_root": self.model.hparams["overlay_root"]})
+        if algorithm == "sgqn":
+            resolved["quantile"] = self.model.quantile  # the task's rho when the config says null
         for logger in self.trainer.loggers:
             if isinstance(logger, MLFlowLogger):
                 name_run(logger, name, tags)
@@ -119,6 +121,7 @@ class SGQNCLI(LightningCLI):
         parser.link_arguments("data.observation_shape", "model.observation_shape", apply_on="instantiate")
         parser.link_arguments("data.action_dim", "model.action_dim", apply_on="instantiate")
         parser.link_arguments("data.places_root", "model.overlay_root")  # one image source for both
+        parser.link_arguments("data.task", "model.task")  # the task's default rho (`sgqn.envs.TASK_DEFAULTS`)
         # One seed per run: `--data.seed N` also seeds torch (network init, warm-up actions, augmentation
         # and policy noise); otherwise runs "of different seeds" would share all of those.
         parser.link_arguments("data.seed", "seed_everything")
@@ -141,7 +144,7 @@ class SGQNCLI(LightningCLI):
                 "trainer.max_epochs": 1,
                 "trainer.max_steps": -1,
                 "trainer.num_sanity_val_steps": 0,
-                "trainer.log_every_n_steps": 50,
+                "trainer.log_every_n_steps": 100,
                 "trainer.accelerator": "auto",
                 "trainer.default_root_dir": "outputs",
             }

@@ -105,7 +105,9 @@ class SGQNModule(L.LightningModule):
         actor_log_std_min: lower bound of the policy's log σ (−10).
         actor_log_std_max: upper bound of the policy's log σ (2).
         shift_pad: DrQ random-shift padding (4; 0 disables the shift).
-        quantile: SGQN's ρ (0.95; 0.98 for cartpole and ball_in_cup). Also used by `attribution_maps`.
+        quantile: SGQN's ρ; None: the task's (`sgqn.envs.TASK_DEFAULTS`: 0.98 for cartpole and ball_in_cup,
+            0.95 for the others, as the paper). Also used by `attribution_maps`.
+        task: the DMC task (set from `data.task` by the CLI): where a `None` ρ comes from.
         aux_lr: Adam learning rate of the attribution predictor, shared encoder included (3e-4).
         aux_beta: Adam β1 of the attribution predictor (0.9).
         aux_update_freq: attribution-predictor step when the agent step is a multiple of this (2).
@@ -126,7 +128,8 @@ class SGQNModule(L.LightningModule):
         svea_alpha: SVEA weight of the clean TD loss (0.5).
         svea_beta: SVEA weight of the overlay TD loss (0.5).
         overlay_root: Places365 (or any image folder) for the overlay; None = the embedded images.
-        channels_last: the encoder's convs in channels-last memory format (speed; same maths).
+        channels_last: the encoder's convs in channels-last memory format (speed, on by default: 11-23%
+            faster per update on the 2-core CPU, `benchmarks/update_step.py`; same maths up to float rounding).
         autocast_bf16: convs under CPU bf16 autocast; losses and optimizers stay fp32 (speed on CPUs with
             native bf16 — AMX / AVX512-BF16 — and much slower on others; changes numerics).
         compile: `torch.compile` the no-grad forwards (TD target, the actor step's conv features): speed;
@@ -162,7 +165,8 @@ class SGQNModule(L.LightningModule):
         actor_log_std_min: float = -10.0,
         actor_log_std_max: float = 2.0,
         shift_pad: int = 4,
-        quantile: float = 0.95,
+        quantile: float | None = None,
+        task: str | None = None,
         aux_lr: float = 3e-4,
         aux_beta: float = 0.9,
         aux_update_freq: int = 2,
@@ -174,7 +178,7 @@ class SGQNModule(L.LightningModule):
         svea_alpha: float = 0.5,
         svea_beta: float = 0.5,
         overlay_root: str | None = None,
-        channels_last: bool = False,
+        channels_last: bool = True,
         autocast_bf16: bool = False,
         compile: bool = False,
         tune_malloc: bool = True,
@@ -189,6 +193,11 @@ class SGQNModule(L.LightningModule):
             raise ValueError(f"on_nonfinite must be 'stop' or 'skip', not {on_nonfinite!r}")
         self.save_hyperparameters()
         self.automatic_optimization = False
+        if quantile is None:
+            from sgqn.envs.tasks import DEFAULT_QUANTILE
+
+            quantile = DEFAULT_QUANTILE.get(task or "", 0.95)
+        self.quantile = float(quantile)  # the ρ in use (the hyper-parameter may be None: the task's)
         obs_shape = (int(observation_shape[0]), int(observation_shape[1]), int(observation_shape[2]))
         fast = dict(channels_last=channels_last, autocast_bf16=autocast_bf16)
         encoder = Encoder(obs_shape, num_conv_layers, num_filters, **fast)
@@ -429,7 +438,7 @@ class SGQNModule(L.LightningModule):
             action = action.reshape(obs.shape[0], -1).float()
         attribution = guided_backprop(self.critic, obs, action)
         mask = attribution_mask(
-            attribution, self.hparams["quantile"], zero_ties=self.hparams.get("mask_zero_ties", "keep")
+            attribution, self.quantile, zero_ties=self.hparams.get("mask_zero_ties", "keep")
         )
         prob = None
         if isinstance(self.loss, SGQNLoss):

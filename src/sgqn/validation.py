@@ -241,10 +241,49 @@ def _one_line(err: BaseException) -> str:
 # --------------------------------------------------------------------------- the whole config
 
 
+# Settings that only one family of algorithms reads: giving them to another is a mistake (the value would
+# be silently ignored). Defaults are the module's; a value equal to the default is not "given".
+ALGORITHM_SETTINGS: dict[str, tuple[str, ...]] = {
+    "quantile": ("sgqn",),
+    "aux_lr": ("sgqn",),
+    "aux_beta": ("sgqn",),
+    "aux_update_freq": ("sgqn",),
+    "consistency_weight": ("sgqn",),
+    "mask_zero_ties": ("sgqn",),
+    "decoder_channels": ("sgqn",),
+    "subpixel_decoder": ("sgqn",),
+    "svea_alpha": ("svea",),
+    "svea_beta": ("svea",),
+}
+
+
+def check_algorithm_settings(model: Any) -> None:
+    """A setting of another algorithm (e.g. ``--model.quantile`` with ``sac``) is an error, not ignored."""
+    import inspect
+
+    from sgqn.module import SGQNModule
+
+    defaults = {name: p.default for name, p in inspect.signature(SGQNModule.__init__).parameters.items()}
+    algorithm = model["algorithm"]
+    given = []
+    for name, users in ALGORITHM_SETTINGS.items():
+        value = model.get(name, defaults[name])
+        value = list(value) if isinstance(value, tuple | list) else value
+        default = list(defaults[name]) if isinstance(defaults[name], tuple) else defaults[name]
+        if algorithm not in users and value != default:
+            given.append(f"--model.{name} ({'/'.join(users)} only)")
+    if given:
+        raise ConfigError(
+            f"--model.algorithm {algorithm} does not use {', '.join(given)}; remove them (or the config "
+            "file that sets them) or choose the algorithm they belong to"
+        )
+
+
 def validate_fit_config(config: Any) -> None:
     """Check a parsed `sgqn fit` config (`cli.config["fit"]`) before any class is instantiated."""
     data, model = config["data"], config["model"]
     check_task(data["task"])
+    check_algorithm_settings(model)
     evaluation = config.get("eval")
     modes = [str(m) for m in (evaluation["modes"] if evaluation is not None else None) or []]
     intensities = [check_mode(mode, data["task"]) for mode in modes]
@@ -265,7 +304,9 @@ def validate_fit_config(config: Any) -> None:
 
 
 __all__ = [
+    "ALGORITHM_SETTINGS",
     "ConfigError",
+    "check_algorithm_settings",
     "check_free_disk",
     "check_mode",
     "check_task",

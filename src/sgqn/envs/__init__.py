@@ -6,7 +6,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from sgqn.envs.names import DISTRACTING_CS_INTENSITIES, MODES
 from sgqn.envs.render import RenderQuality, select_gl_backend
-from sgqn.envs.tasks import DEFAULT_ACTION_REPEAT, EPISODE_PHYSICS_STEPS, TASKS, split_task
+from sgqn.envs.tasks import (
+    DEFAULT_ACTION_REPEAT,
+    DEFAULT_QUANTILE,
+    EPISODE_PHYSICS_STEPS,
+    TASK_DEFAULTS,
+    TASKS,
+    split_task,
+)
 
 if TYPE_CHECKING:
     from torchrl.envs import EnvBase
@@ -104,10 +111,12 @@ def make_env(
 
 __all__ = [
     "DEFAULT_ACTION_REPEAT",
+    "DEFAULT_QUANTILE",
     "DISTRACTING_CS_INTENSITIES",
     "EPISODE_PHYSICS_STEPS",
     "MODES",
     "TASKS",
+    "TASK_DEFAULTS",
     "RenderQuality",
     "make_env",
     "select_gl_backend",

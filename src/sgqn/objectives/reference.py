@@ -72,7 +72,7 @@ def reference_update(
     # critic: TD + consistency with the masked observation (mask of the critic before its update)
     q1, q2 = critic(obs, action)
     td = F.mse_loss(q1, target_q) + F.mse_loss(q2, target_q)
-    mask = attribution_mask(attribution(critic, obs, action), hp.quantile)
+    mask = attribution_mask(attribution(critic, obs, action), module.quantile)
     m1, m2 = critic(masked_observation(obs, mask), action)
     consistency = hp.consistency_weight * (F.mse_loss(q1, m1) + F.mse_loss(q2, m2))
     optimizers[0].zero_grad()
@@ -80,7 +80,7 @@ def reference_update(
     optimizers[0].step()
     out = {"loss_critic": td, "loss_consistency": consistency}
 
-    mask = attribution_mask(attribution(critic, obs, action), hp.quantile)  # every update, as theirs
+    mask = attribution_mask(attribution(critic, obs, action), module.quantile)  # every update, as theirs
     if step % hp.actor_update_freq == 0:
         pi, log_pi = squashed_gaussian_sample(*actor.head(actor.encoder(obs).detach()))
         a1, a2 = critic.heads(critic.encoder(obs).detach(), pi)

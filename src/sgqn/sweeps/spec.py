@@ -5,7 +5,7 @@ trials::
 
     name: cpu_mini                       # the sweep's name: its folder and its MLflow parent run
     experiment_name: cpu_mini            # MLflow experiment of the parent and child runs
-    config: ../quickstart.yaml           # `sgqn fit -c` file(s), relative to this file;
+    config: ../quickstart.yaml           # optional `sgqn fit -c` file(s), relative to this file;
                                          # `{algorithm}` / `{task}` are filled in per trial
     grid:                                # the cross product of these lists is the set of trials
       algorithm: [sac, sgqn]             # shorthand for model.algorithm
@@ -13,11 +13,15 @@ trials::
       seed: [0, 1, 2]                    # shorthand for data.seed
     overrides:                           # any `sgqn fit` option, for every trial
       data.num_env_steps: 6000
+    algorithm_overrides:                 # options for one algorithm's trials only (settings that
+      sgqn: {model.decoder_channels: [16, 32, 16]}   # another algorithm would reject)
     resources: {cpu: 2, gpu: 0}          # per trial; gpu may be a fraction (0.25: four trials per GPU)
     max_failures: 3                      # retries of a dead trial, each resuming from its checkpoint
 
-Each trial is the plain command line ``sgqn fit -c <config> --model.algorithm A --data.task T
---data.seed S <overrides> --trainer.default_root_dir <root>/<name>/runs/<trial> --resume auto``.
+Each trial is the plain command line ``sgqn fit [-c <config>] <overrides> --model.algorithm A --data.task T
+--data.seed S --trainer.default_root_dir <root>/<name>/runs/<trial> --resume auto``; with no config file
+the trial runs at the code's defaults, which are the paper's settings (task-dependent ones from
+`sgqn.envs.TASK_DEFAULTS`).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ KEYS = {
     "config",
     "grid",
     "overrides",
+    "algorithm_overrides",
     "resources",
     "max_failures",
     "max_concurrent",
@@ -91,6 +96,7 @@ class SweepSpec:
     configs: list[str]  # templates, relative to `folder`
     grid: dict[str, list[Any]]
     overrides: dict[str, Any] = field(default_factory=dict)
+    algorithm_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
     resources: dict[str, float] = field(default_factory=lambda: {"cpu": 2.0, "gpu": 0.0})
     max_failures: int = 3
     max_concurrent: int | None = None
@@ -114,6 +120,7 @@ class SweepSpec:
         options = {SHORTHANDS.get(k, k): v for k, v in point.items()}
         options = {**{SHORTHANDS.get(k, k): v for k, v in self.overrides.items()}, **options}
         algorithm = str(options.get("model.algorithm", "sgqn"))
+        options = {**options, **self.algorithm_overrides.get(algorithm, {})}
         task = str(options.get("data.task", "cartpole_swingup"))
         seed = int(options.get("data.seed", 0))
         configs = []
@@ -185,7 +192,7 @@ def load_sweep(path: str | Path, overrides: Mapping[str, Any] | None = None) -> 
     unknown = sorted(set(raw) - KEYS)
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(KEYS))}")
-    for key in ("name", "config", "grid"):
+    for key in ("name", "grid"):
         if key not in raw:
             raise ConfigError(f"{path}: `{key}` is required")
     grid = raw["grid"]
@@ -197,7 +204,8 @@ def load_sweep(path: str | Path, overrides: Mapping[str, Any] | None = None) -> 
     resources = {"cpu": 2.0, "gpu": 0.0} | {k: float(v) for k, v in (raw.get("resources") or {}).items()}
     if set(resources) - {"cpu", "gpu"} or resources["cpu"] <= 0 or resources["gpu"] < 0:
         raise ConfigError(f"{path}: resources are cpu (> 0) and gpu (≥ 0, fractions allowed): {resources}")
-    configs = raw["config"] if isinstance(raw["config"], list) else [raw["config"]]
+    configs = raw.get("config") or []
+    configs = configs if isinstance(configs, list) else [configs]
     raw_overrides = {k: _expand(v, path, k) for k, v in (raw.get("overrides") or {}).items()}
     spec = SweepSpec(
         name=str(raw["name"]),
@@ -205,6 +213,9 @@ def load_sweep(path: str | Path, overrides: Mapping[str, Any] | None = None) -> 
         configs=[str(c) for c in configs],
         grid=grid,
         overrides={**raw_overrides, **(overrides or {})},
+        algorithm_overrides={
+            str(a): dict(o or {}) for a, o in (raw.get("algorithm_overrides") or {}).items()
+        },
         resources=resources,
         max_failures=int(raw.get("max_failures", 3)),
         max_concurrent=raw.get("max_concurrent"),
