@@ -119,7 +119,7 @@ def test_update_counter_drives_the_frequencies_and_is_checkpointed() -> None:
 
     loss.critic_loss = count("critic", loss.critic_loss)  # type: ignore[method-assign]
     loss.actor_loss = count("actor", loss.actor_loss)  # type: ignore[method-assign]
-    loss.attribution_loss = count("aux", loss.attribution_loss)  # type: ignore[method-assign]
+    loss.guidance.attribution_loss = count("aux", loss.guidance.attribution_loss)  # type: ignore[method-assign]
     loss.target_critic.update = count("target", loss.target_critic.update)  # type: ignore[method-assign]
     _fit(module, [_batch(seed=i) for i in range(5)])
     assert calls == {"critic": 5, "actor": 3, "aux": 3, "target": 2}  # updates 0..4: even; 0 and 3
@@ -233,11 +233,11 @@ def test_compile_runs_with_manual_optimisation() -> None:
 def test_setup_loads_the_overlay_images_when_none_were_injected() -> None:
     torch.manual_seed(0)
     module = SGQNModule(algorithm="svea", **SMALL, feature_dim=16, tune_malloc=False)
-    assert module.loss.overlay.images is None
+    assert module.loss.guidance.overlay.images is None
     module.setup("fit")
-    images = module.loss.overlay.images
+    images = module.loss.guidance.overlay.images
     assert images is not None and images.dtype == torch.uint8 and images.shape[1:] == (3, SIZE, SIZE)
-    assert "loss.overlay.images" not in module.state_dict()  # not checkpointed: reloaded at setup
+    assert "loss.guidance.overlay.images" not in module.state_dict()  # not checkpointed: reloaded at setup
 
 
 def test_checkpoint_round_trip_restores_weights_and_the_update_counter(tmp_path: Any) -> None:

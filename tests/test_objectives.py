@@ -149,7 +149,7 @@ def test_sac_critic_loss_matches_hand_computation() -> None:
     td = _batch()
     obs, next_obs = td["pixels"].float(), td["next", "pixels"].float()
     torch.manual_seed(5)
-    target_q = loss.target_value(next_obs, td["next", "reward"], td["next", "terminated"])
+    target_q = loss.target_value(next_obs, td)
     torch.manual_seed(5)
     expected_target = _by_hand_target(loss, next_obs, td["next", "reward"], td["next", "terminated"])
     torch.testing.assert_close(target_q, expected_target)

@@ -4,7 +4,15 @@ import pytest
 import torch
 from tensordict import TensorDict
 
-from sgqn.data.replay import FrameReplay, bytes_per_row, check_capacity_fits
+from sgqn.data.replay import (
+    FRAME,
+    STEP,
+    VALID,
+    FrameReplay,
+    StackFrames,
+    bytes_per_row,
+    check_capacity_fits,
+)
 
 FS, SIZE, EPISODE = 3, 8, 7
 
@@ -123,3 +131,204 @@ def test_gather_storage_reads_like_tensordict_indexing() -> None:
     fast, reference = storage.get(windows), storage._storage[windows]
     assert fast.batch_size == reference.batch_size == windows.shape
     assert (fast == reference).all()
+
+
+def test_one_step_samples_are_unchanged() -> None:
+    """Pinned to the samples of the code before n-step replay (same seed, same RNG draws)."""
+    replay = FrameReplay(100, FS, 12, (3, SIZE, SIZE), action_dim=2)
+    replay.extend(synthetic_stream(episodes=3))
+    torch.manual_seed(0)
+    sample = replay.sample()
+    ids = [24, 5, 0, 23, 3, 23, 1, 3, 5, 2, 14, 26]
+    assert sample["action"][:, 0].long().tolist() == ids
+    assert sample["pixels"][:, ::3, 0, 0].long().tolist() == [
+        [max(i - 2, 10 * (i // 10)), max(i - 1, 10 * (i // 10)), i] for i in ids
+    ]
+    assert sample["next", "pixels"][:, ::3, 0, 0].long().tolist() == [
+        [max(i - 1, 10 * (i // 10)), i, i + 1] for i in ids
+    ]
+    assert sample["next", "reward"].reshape(-1).tolist() == [float(i) for i in ids]
+    assert ("next", "discount") not in sample.keys(include_nested=True)
+    assert sample["next", "reward"].dtype == torch.float32
+    assert torch.randint(1000, (1,)).item() == 868  # the sampler drew no more random numbers than before
+
+
+GAMMA = 0.9
+
+
+def episode_transitions(first_row: int, steps: int, *, closes: bool, terminates: bool) -> list[TensorDict]:
+    """Collector transitions of one episode whose frames (and actions) are their row ids and whose
+    rewards are row id + 1; a closed episode's closing row is `first_row + steps`."""
+    items = []
+    for t in range(steps):
+        row, last = first_row + t, t == steps - 1
+        items.append(
+            TensorDict(
+                {
+                    "pixels": torch.full((3 * FS, SIZE, SIZE), row, dtype=torch.uint8),
+                    "action": torch.full((2,), float(row)),
+                    "step_count": torch.tensor([t]),
+                    "next": {
+                        "pixels": torch.full((3 * FS, SIZE, SIZE), row + 1, dtype=torch.uint8),
+                        "reward": torch.tensor([float(row + 1)]),
+                        "terminated": torch.tensor([terminates and last]),
+                        "done": torch.tensor([closes and last]),
+                    },
+                },
+                batch_size=[],
+            )
+        )
+    return items
+
+
+def hand_stream() -> TensorDict:
+    """Rows 0-6: episode A (7 steps, truncated), row 7 its closing row; rows 8-11: episode B (4 steps, the
+    last terminated), row 12 its closing row; rows 13-15: the first 3 steps of episode C."""
+    return torch.stack(
+        episode_transitions(0, 7, closes=True, terminates=False)
+        + episode_transitions(8, 4, closes=True, terminates=True)
+        + episode_transitions(13, 3, closes=False, terminates=False)
+    )
+
+
+def reference_n_step(row: int, n: int) -> tuple[list[int], list[int], float, float, bool]:
+    """pixels' and next pixels' frames, reward, discount, terminated of transition `row` of `hand_stream`,
+    by the definition (transitions and closing row of its own episode only)."""
+    first, closing, terminal = (0, 7, None) if row < 7 else (8, 12, 11)
+    m = min(n, closing - row)
+    if terminal is not None and terminal < row + m:
+        m = terminal - row + 1
+    ended = terminal is not None and terminal < row + m
+    reward = sum(GAMMA**i * (row + i + 1) for i in range(m))
+    pixels = [max(row - FS + 1 + j, first) for j in range(FS)]
+    next_pixels = [max(row + m - FS + 1 + j, first) for j in range(FS)]
+    return pixels, next_pixels, reward, 0.0 if ended else GAMMA**m, ended
+
+
+def n_step_replay(capacity: int = 100, batch: int = 256, n: int = 3) -> FrameReplay:
+    return FrameReplay(capacity, FS, batch, (3, SIZE, SIZE), action_dim=2, n_step=n, discount=GAMMA)
+
+
+def test_n_step_by_hand() -> None:
+    replay = n_step_replay()
+    replay.extend(hand_stream())
+    torch.manual_seed(0)
+    seen: dict[int, tuple] = {}
+    for _ in range(4):
+        sample = replay.sample()
+        assert sample["next", "reward"].shape == sample["next", "discount"].shape == (256, 1)
+        assert sample["next", "reward"].dtype == sample["next", "discount"].dtype == torch.float32
+        for k in range(sample.shape[0]):
+            row = int(sample["action"][k, 0])
+            pixels = sample["pixels"][k, ::3, 0, 0].tolist()
+            next_pixels = sample["next", "pixels"][k, ::3, 0, 0].tolist()
+            assert (sample["pixels"][k] == sample["pixels"][k, :, :1, :1]).all()  # one value per frame
+            got = (
+                pixels,
+                next_pixels,
+                sample["next", "reward"][k].item(),
+                sample["next", "discount"][k].item(),
+                bool(sample["next", "terminated"][k]),
+            )
+            assert bool(sample["next", "done"][k]) == got[4]
+            seen[row] = got
+            want = reference_n_step(row, 3)
+            assert got[:2] == want[:2] and got[4] == want[4], row
+            assert got[2:4] == pytest.approx(want[2:4], rel=1e-6), row
+            if row < 7:  # episode A never reaches into episode B's rows
+                assert max(pixels + next_pixels) <= 7
+    # Every transition is sampled, except episode C's (its rows after them are not written yet).
+    assert sorted(seen) == [0, 1, 2, 3, 4, 5, 6, 8, 9, 10, 11]
+    approx = pytest.approx
+    # Middle of episode A: m = 3.
+    assert seen[3] == ([1, 2, 3], [4, 5, 6], approx(4 + 0.9 * 5 + 0.81 * 6), approx(0.729), False)
+    # The first transition: `pixels` repeats the episode's first frame, as CatFrames does at reset.
+    assert seen[0] == ([0, 0, 0], [1, 2, 3], approx(1 + 0.9 * 2 + 0.81 * 3), approx(0.729), False)
+    # Truncation inside the window: m = 2 and m = 1, bootstrapping from the closing frame (row 7).
+    assert seen[5] == ([3, 4, 5], [5, 6, 7], approx(6 + 0.9 * 7), approx(0.81), False)
+    assert seen[6] == ([4, 5, 6], [5, 6, 7], approx(7.0), approx(0.9), False)
+    # Episode B: the first transition's 3 steps end before the terminal one; later ones contain it.
+    assert seen[8] == ([8, 8, 8], [9, 10, 11], approx(9 + 0.9 * 10 + 0.81 * 11), approx(0.729), False)
+    assert seen[9] == ([8, 8, 9], [10, 11, 12], approx(10 + 0.9 * 11 + 0.81 * 12), 0.0, True)
+    assert seen[10] == ([8, 9, 10], [10, 11, 12], approx(11 + 0.9 * 12), 0.0, True)
+    assert seen[11] == ([9, 10, 11], [10, 11, 12], approx(12.0), 0.0, True)
+
+
+def test_n_step_run_stops_at_termination_and_at_another_episode() -> None:
+    """The rules on windows no stream produces: a terminated transition followed by more transitions of
+    its episode (stops after it) and a next episode without a closing row (stops before it)."""
+    n, batch = 3, 2
+    ids = torch.arange(FS + n)
+    windows = TensorDict(
+        {
+            FRAME: ids.reshape(1, -1, 1, 1, 1).expand(batch, -1, 3, 2, 2).to(torch.uint8).clone(),
+            "action": ids.reshape(1, -1, 1).expand(batch, -1, 2).float().clone(),
+            "reward": torch.ones(batch, FS + n, 1),
+            "terminated": torch.zeros(batch, FS + n, 1, dtype=torch.bool),
+            STEP: (ids + 10).to(torch.int32).expand(batch, -1).clone(),
+            VALID: torch.ones(batch, FS + n, dtype=torch.bool),
+        },
+        batch_size=[batch, FS + n],
+    )
+    windows["terminated"][0, FS] = True  # sample 0: transition k+1 terminates
+    windows[STEP][1, FS + 1 :] = torch.tensor([0, 1], dtype=torch.int32)  # sample 1: k+2 starts an episode
+    out = StackFrames(FS, n_step=n, discount=GAMMA)(windows)
+    assert out["next", "reward"].reshape(-1).tolist() == pytest.approx([1.9, 1.9])
+    assert out["next", "discount"].reshape(-1).tolist() == pytest.approx([0.0, 0.81])
+    assert out["next", "terminated"].reshape(-1).tolist() == [True, False]
+    assert out["next", "pixels"][:, ::3, 0, 0].tolist() == [[2, 3, 4], [2, 3, 4]]
+    assert out["pixels"][:, ::3, 0, 0].tolist() == [[0, 1, 2], [0, 1, 2]]
+
+
+@pytest.mark.parametrize("chunk", [1, 5])
+def test_n_step_with_wraparound_matches_collector_transitions(chunk: int) -> None:
+    n = 3
+    stream = synthetic_stream(episodes=6)
+    truth = {int(s["action"][0]): s for s in stream}
+    replay = n_step_replay(capacity=13, batch=512, n=n)  # smaller than two episodes: constant overwriting
+    torch.manual_seed(0)
+    sampled = set()
+    for i in range(0, stream.shape[0], chunk):
+        replay.extend(stream[i : i + chunk])
+        if replay.rows_written < FS + n + 2:
+            continue
+        sample = replay.sample()
+        for k in range(0, sample.shape[0], 5):
+            key = int(sample["action"][k, 0])
+            t = key % 10
+            m = min(n, EPISODE - t)
+            sampled.add(m)
+            assert torch.equal(sample["pixels"][k], truth[key]["pixels"])
+            assert torch.equal(sample["next", "pixels"][k], truth[key + m - 1]["next", "pixels"])
+            reward = sum(GAMMA**i * (key + i) for i in range(m))
+            assert sample["next", "reward"][k].item() == pytest.approx(reward, rel=1e-6)
+            assert sample["next", "discount"][k].item() == pytest.approx(GAMMA**m, rel=1e-6)
+            assert not sample["next", "done"][k]
+    assert sampled == {1, 2, 3}
+
+
+@pytest.mark.parametrize("storage", ["memory", "disk"])
+def test_n_step_state_dict_round_trip(storage: str, tmp_path) -> None:
+    def build(n: int) -> FrameReplay:
+        return FrameReplay(
+            100, FS, 64, (3, SIZE, SIZE), 2, n_step=n, discount=GAMMA, storage=storage, scratch_dir=tmp_path
+        )
+
+    replay = build(3)
+    replay.extend(hand_stream())
+    state = replay.state_dict()
+    assert state["n_step"] == 3
+    restored = build(3)
+    restored.load_state_dict(state)
+    mismatched = build(1)
+    with pytest.warns(UserWarning, match="3-step"):
+        mismatched.load_state_dict(state)
+    samples = []
+    for r in (replay, restored, mismatched):
+        assert r.n_step == r.sampler.n_step == r.transform.n_step == 3
+        torch.manual_seed(0)
+        samples.append(r.sample())
+    for other in samples[1:]:
+        assert set(other.keys(True, True)) == set(samples[0].keys(True, True))
+        assert (other == samples[0]).all()
+    assert ("next", "discount") in samples[0].keys(include_nested=True)

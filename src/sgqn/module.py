@@ -26,8 +26,8 @@ from tensordict.nn import TensorDictModule
 from torch import Tensor, nn
 
 from sgqn.guards import TrainingDiverged, all_finite, check_action, check_weights, nonfinite_message
-from sgqn.nets import Actor, AttributionDecoder, Critic, Encoder, squashed_gaussian_sample
-from sgqn.objectives import SACLoss, SGQNLoss, SVEALoss
+from sgqn.nets import Actor, AttributionDecoder, Critic, Encoder
+from sgqn.objectives import Guidance, SACLoss, SaliencyGuidance, SVEAGuidance, ValueLearner
 from sgqn.saliency import ZeroTies, attribution_mask, guided_backprop
 
 log = logging.getLogger(__name__)
@@ -62,15 +62,17 @@ def tune_cpu_malloc() -> bool:
 class _Policy(nn.Module):
     """Pixels `[..., C, H, W]` (uint8 or float, any leading batch dims, or none) → action `[..., A]`."""
 
-    def __init__(self, actor: Actor, deterministic: bool) -> None:
+    def __init__(self, learner: ValueLearner, deterministic: bool) -> None:
         super().__init__()
-        self.actor, self.deterministic = actor, deterministic
+        # The actor is registered (TorchRL sees the live parameters a policy reads); the learner's `act`
+        # is referenced, not registered (a loss module is not a policy).
+        self.actor, self.deterministic = learner.actor, deterministic
+        self._act = learner.act
 
     @torch.no_grad()
     def forward(self, pixels: Tensor) -> Tensor:
         batch_shape = pixels.shape[:-3]
-        mean, log_std = self.actor(pixels.reshape(-1, *pixels.shape[-3:]))
-        action = torch.tanh(mean) if self.deterministic else squashed_gaussian_sample(mean, log_std)[0]
+        action = self._act(pixels.reshape(-1, *pixels.shape[-3:]).float(), self.deterministic)
         check_action(action)  # the env copies it to the host anyway: the check's sync costs nothing extra
         return action.reshape(*batch_shape, action.shape[-1])
 
@@ -209,26 +211,27 @@ class SGQNModule(L.LightningModule):
             critic_tau=critic_tau,
             encoder_tau=encoder_tau,
             shift_pad=shift_pad,
+            actor_update_freq=actor_update_freq,
+            critic_target_update_freq=critic_target_update_freq,
         )
-        self.loss: SACLoss
-        if algorithm == "sac":
-            self.loss = SACLoss(actor, critic, **sac_kwargs)
-        elif algorithm == "svea":
-            self.loss = SVEALoss(actor, critic, svea_alpha=svea_alpha, svea_beta=svea_beta, **sac_kwargs)
-        else:
+        # An algorithm = a value learner + a guidance plug-in (`sgqn.objectives.learner`).
+        guidance: Guidance | None = None
+        if algorithm == "svea":
+            guidance = SVEAGuidance(svea_alpha=svea_alpha, svea_beta=svea_beta)
+        elif algorithm == "sgqn":
             widths = (int(decoder_channels[0]), int(decoder_channels[1]), int(decoder_channels[2]))
             decoder = AttributionDecoder(
                 action_dim, feature_dim, obs_shape, widths, subpixel=subpixel_decoder, **fast
             )
-            self.loss = SGQNLoss(
-                actor,
+            guidance = SaliencyGuidance(
                 critic,
                 decoder,
-                quantile=quantile,
+                quantile=self.quantile,
                 consistency_weight=consistency_weight,
                 zero_ties=mask_zero_ties,
-                **sac_kwargs,
+                aux_update_freq=aux_update_freq,
             )
+        self.loss: ValueLearner = SACLoss(actor, critic, guidance=guidance, **sac_kwargs)
         self.update_step: Tensor
         self.register_buffer("update_step", torch.zeros((), dtype=torch.long))
         self.skipped_updates = 0  # saved in checkpoints by `on_save_checkpoint` (not a buffer: old ones load)
@@ -240,7 +243,7 @@ class SGQNModule(L.LightningModule):
 
     # The networks live in the loss module (one copy in checkpoints: "loss.actor.*", "loss.critic.*").
     @property
-    def actor(self) -> Actor:
+    def actor(self) -> nn.Module:
         return self.loss.actor
 
     @property
@@ -251,17 +254,20 @@ class SGQNModule(L.LightningModule):
 
     @property
     def uses_overlay(self) -> bool:
-        return isinstance(self.loss, SVEALoss | SGQNLoss)
+        return self.loss.guidance.overlay_bank() is not None
 
     def set_overlay_images(self, images: Tensor) -> None:
         """Inject the overlay image bank (uint8 `[N, 3, H, W]`) instead of loading it at setup."""
-        self.loss.overlay.set_images(images)  # type: ignore[operator]
+        overlay = self.loss.guidance.overlay_bank()
+        if overlay is not None:
+            overlay.set_images(images)
 
     def setup(self, stage: str) -> None:
         hp: Any = self.hparams
         if hp.tune_malloc and tune_cpu_malloc():
             log.info("glibc malloc tuned: no mmap'd allocations, no trimming")
-        if self.uses_overlay and self.loss.overlay.images is None:  # type: ignore[union-attr]
+        overlay = self.loss.guidance.overlay_bank()
+        if overlay is not None and overlay.images is None:
             from sgqn.assets.sources import load_overlay_images  # lazy: the data side is heavy to import
 
             self.set_overlay_images(load_overlay_images(hp.overlay_root, hp.observation_shape[-1]))
@@ -271,26 +277,19 @@ class SGQNModule(L.LightningModule):
         # forward on CPU). Compiled training forwards/backwards measured no faster (the decoder slower),
         # and a compiled region would freeze the GuidedReLUs to the ordinary rule.
         loss = self.loss
-        loss.target_value = torch.compile(loss.target_value, dynamic=False)  # type: ignore[method-assign]
+        loss.soft_target = torch.compile(loss.soft_target, dynamic=False)  # type: ignore[attr-defined]
         loss.conv_features = torch.compile(loss.conv_features, dynamic=False)  # type: ignore[method-assign]
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        # One Adam per named group of the learner and the guidance, with that group's lr and β1 (e.g.
+        # `critic_lr`, `critic_beta`); `_update` steps them by name.
         hp: Any = self.hparams
-        adam = torch.optim.Adam
-        optimizers: list[torch.optim.Optimizer] = [
-            adam(self.critic.parameters(), lr=hp.critic_lr, betas=(hp.critic_beta, 0.999)),
-            # The actor's optimizer leaves the shared encoder out: only the critic (and SGQN's aux) train it.
-            adam(self.actor.own_parameters(), lr=hp.actor_lr, betas=(hp.actor_beta, 0.999)),
-            adam([self.loss.log_alpha], lr=hp.alpha_lr, betas=(hp.alpha_beta, 0.999)),
+        groups = self.loss.all_param_groups()
+        self._optimizer_names = list(groups)
+        return [
+            torch.optim.Adam(params, lr=hp[f"{prefix}_lr"], betas=(hp[f"{prefix}_beta"], 0.999))
+            for params, prefix in groups.values()
         ]
-        if isinstance(self.loss, SGQNLoss):
-            predictor = [
-                *self.critic.encoder.parameters(),
-                *self.critic.projection.parameters(),
-                *self.loss.guidance.decoder.parameters(),
-            ]
-            optimizers.append(adam(predictor, lr=hp.aux_lr, betas=(hp.aux_beta, 0.999)))
-        return optimizers
 
     # ------------------------------------------------------------------ training
 
@@ -352,44 +351,15 @@ class SGQNModule(L.LightningModule):
                 logger.log_metrics(values, step=step)
 
     def _update(self, batch: TensorDictBase, step: int, losses: dict[str, Tensor]) -> dict[str, Tensor]:
-        """One agent update (the order in the module docstring) whose `*_update_freq`s are keyed on
-        `step`; returns its metrics."""
-        hp: Any = self.hparams
-        loss = self.loss
-        critic_opt, actor_opt, alpha_opt, *aux_opt = self.optimizers()  # type: ignore[misc, attr-defined]
-        keys = loss.tensor_keys
-        action = batch.get(keys.action)
+        """One agent update of the learner (its order: `sgqn.objectives.learner`), whose frequencies are
+        keyed on `step`; returns its metrics."""
+        names = getattr(self, "_optimizer_names", None) or list(self.loss.all_param_groups())
+        optimizers = dict(zip(names, self.optimizers(), strict=True))  # type: ignore[arg-type]
 
-        obs, next_obs = loss.augment(batch)
+        def optimize(optimizer: str, name: str, loss: Tensor) -> None:
+            self._optimize(optimizers[optimizer], loss, name, losses)
 
-        target_q = loss.target_value(next_obs, batch.get(keys.reward), batch.get(keys.terminated))
-        loss_critic, metrics = loss.critic_loss(obs, action, target_q)
-        self._optimize(critic_opt, loss_critic, "loss_critic", losses)
-        metrics["target_q_mean"] = target_q.mean()
-
-        # SGQN aux step: the saliency of the UPDATED critic, which the attribution predictor learns.
-        # Its forward already holds the shared conv features of obs under the current weights: the
-        # actor step reads them instead of encoding obs again.
-        saliency = None
-        if isinstance(loss, SGQNLoss) and step % hp.aux_update_freq == 0:
-            saliency = loss.guidance.saliency(obs, action)
-
-        if step % hp.actor_update_freq == 0:
-            features = saliency.features.detach() if saliency is not None else loss.conv_features(obs)
-            loss_actor, actor_metrics = loss.actor_loss(features)
-            self._optimize(actor_opt, loss_actor, "loss_actor", losses)
-            loss_alpha, alpha_metrics = loss.alpha_loss(actor_metrics.pop("log_prob"))
-            self._optimize(alpha_opt, loss_alpha, "loss_alpha", losses)
-            metrics |= actor_metrics | alpha_metrics
-
-        if step % hp.critic_target_update_freq == 0:
-            loss.target_critic.update(self.critic)
-
-        if saliency is not None:
-            loss_attribution, aux_metrics = loss.attribution_loss(obs, action, saliency.mask)  # type: ignore[attr-defined]
-            self._optimize(aux_opt[0], loss_attribution, "loss_attribution", losses)
-            metrics |= aux_metrics
-        return metrics
+        return self.loss.update(batch, step, optimize)
 
     def _env_steps(self) -> int | None:
         stats = getattr(getattr(self._trainer, "datamodule", None), "stats", None)
@@ -417,7 +387,7 @@ class SGQNModule(L.LightningModule):
 
         Samples from the policy for exploration; tanh(mean) when `deterministic` (evaluation).
         """
-        return TensorDictModule(_Policy(self.actor, deterministic), in_keys=["pixels"], out_keys=["action"])
+        return TensorDictModule(_Policy(self.loss, deterministic), in_keys=["pixels"], out_keys=["action"])
 
     def attribution_maps(self, obs: Tensor, action: Tensor | None = None) -> dict[str, Tensor | None]:
         """Saliency of the current critic for visualisation; no optimizer state or gradient is touched.
@@ -434,16 +404,17 @@ class SGQNModule(L.LightningModule):
         obs = (obs[None] if unbatched else obs).float()
         with torch.no_grad():
             if action is None:
-                action = torch.tanh(self.actor(obs)[0])
+                action = self.loss.act(obs, deterministic=True)
             action = action.reshape(obs.shape[0], -1).float()
         attribution = guided_backprop(self.critic, obs, action)
         mask = attribution_mask(
             attribution, self.quantile, zero_ties=self.hparams.get("mask_zero_ties", "keep")
         )
         prob = None
-        if isinstance(self.loss, SGQNLoss):
+        predict = getattr(self.loss.guidance, "predict", None)  # a guidance with an attribution predictor
+        if predict is not None:
             with torch.no_grad():
-                prob = torch.sigmoid(self.loss.guidance.predict(obs, action))
+                prob = torch.sigmoid(predict(obs, action))
         out = {
             "attribution": attribution,
             "mask": mask,

@@ -3,9 +3,13 @@
 A stacked observation repeats each frame `frame_stack` times across consecutive transitions, and
 `next_pixels` repeats it once more: storing stacks would cost ~127 KB per transition at 84×84×9. Here a
 row holds one *newest* frame (21 KB) plus the transition's scalars, rows are written in stream order,
-and the sampler returns windows of `frame_stack + 1` rows that `StackFrames` turns back into
+and the sampler returns windows of `frame_stack + n_step` rows that `StackFrames` turns back into
 `pixels` / `("next", "pixels")`, repeating the first frame of an episode exactly as the env's
 `CatFrames(padding="same")` does at reset.
+
+With `n_step` n > 1 a sampled transition covers up to n consecutive transitions of its episode (its
+n-step return, as DrQ-v2 learns from): the window's extra rows hold the later transitions' rewards and the
+frames of the observation n steps on, and `StackFrames` adds the bootstrap factor `("next", "discount")`.
 
 Rows follow one contiguous stream of transitions (one env, as DMC-GB trains). Each episode ends with a
 closing row that holds the final next-frame and starts no transition.
@@ -37,21 +41,27 @@ FRAME, ROW, STEP, VALID = "frame", "row_id", "episode_step", "starts_transition"
 
 
 class FrameStackSampler(Sampler):
-    """Uniform over stored transitions; returns `[batch, frame_stack + 1]` row windows.
+    """Uniform over stored transitions; returns `[batch, frame_stack + n_step]` row windows.
 
     Works on row ids (a row's position in the stream; storage slot = id mod the storage size). Window
-    `w` of transition `k` holds ids `max(k - frame_stack + 1 + m, episode_start(k))` for
-    `m = 0 … frame_stack`: `w[:-1]` are the frames of `pixels`, `w[1:]` those of `("next", "pixels")`.
+    `w` of transition `k` holds ids `max(k - frame_stack + 1 + j, episode_start(k))` for
+    `j = 0 … frame_stack + n_step - 1`: `w[:frame_stack]` are the frames of `pixels`; with `n_step` 1,
+    `w[1:]` those of `("next", "pixels")` (`StackFrames` picks them for n > 1). Rows right of `k` are
+    not clamped: for n > 1 they may belong to the next episode, which `StackFrames` tells apart.
     A window is sampleable when every slot still holds its id (nothing overwritten or not yet written),
-    its next row is written (`id < rows_written`) and all its ids lie among the newest `capacity` rows.
+    its last row is written (`id < rows_written`) and all its ids lie among the newest `capacity` rows.
     The last check makes a disk buffer with spare slots sample exactly what a `capacity`-slot buffer does.
+    For n > 1 the newest n - 1 transitions wait for the rows after them, even where their episode ended.
     """
 
-    def __init__(self, frame_stack: int, capacity: int | None = None) -> None:
+    def __init__(self, frame_stack: int, capacity: int | None = None, n_step: int = 1) -> None:
+        if n_step < 1:
+            raise ValueError(f"n_step must be at least 1, got {n_step}")
         self.frame_stack = frame_stack
+        self.n_step = n_step
         self.capacity = capacity  # rows kept; None = the storage size
         self.rows_written = 0  # set by FrameReplay after each write
-        self._offsets = torch.arange(-frame_stack + 1, 2)
+        self._offsets = torch.arange(-frame_stack + 1, n_step + 1)
 
     def _kept(self, storage: Storage) -> int:
         capacity = storage.max_size if self.capacity is None else self.capacity
@@ -98,13 +108,19 @@ class FrameStackSampler(Sampler):
         pass
 
     def state_dict(self) -> dict[str, Any]:
-        return {"frame_stack": self.frame_stack, "capacity": self.capacity, "rows_written": self.rows_written}
+        return {
+            "frame_stack": self.frame_stack,
+            "n_step": self.n_step,
+            "capacity": self.capacity,
+            "rows_written": self.rows_written,
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.frame_stack = state_dict["frame_stack"]
+        self.n_step = state_dict.get("n_step", self.n_step)
         self.capacity = state_dict.get("capacity", self.capacity)
         self.rows_written = state_dict.get("rows_written", self.rows_written)
-        self._offsets = torch.arange(-self.frame_stack + 1, 2)
+        self._offsets = torch.arange(-self.frame_stack + 1, self.n_step + 1)
 
 
 def _index_select_get(storage: LazyTensorStorage, index: Any) -> Any:
@@ -195,13 +211,29 @@ def _reserve(path: Path) -> None:
 
 
 class StackFrames(Transform):
-    """Turn sampled `[batch, frame_stack + 1]` row windows into TorchRL transitions."""
+    """Turn sampled `[batch, frame_stack + n_step]` row windows into TorchRL transitions.
 
-    def __init__(self, frame_stack: int) -> None:
+    With `n_step` n > 1, transition `k` (episode step `s`, window position `fs - 1`) covers
+    `m = min(n, transitions left in its episode)` transitions `k … k+m-1`, stopping after one that
+    terminated. Row `k+i` continues the run iff it is a transition (`starts_transition`) of the same
+    episode (`episode_step == s + i`) and row `k+i-1` did not terminate; the closing row of a truncated
+    episode stops it, so a time limit bootstraps from the final observation. Then
+    `("next", "reward") = Σ_{i<m} γ^i r_{k+i}`, `("next", "pixels")` stacks rows `k+m-fs+1 … k+m`
+    (window positions `m … m+fs-1`, left-clamped at the episode's first row like `pixels`),
+    `("next", "terminated")`/`("next", "done")` say whether one of the m transitions terminated, and
+    `("next", "discount") = γ^m`, or 0 after a termination, is the factor of the bootstrap value.
+    With n = 1 the output is the one-step transition, without a discount key.
+    """
+
+    def __init__(self, frame_stack: int, n_step: int = 1, discount: float = 0.99) -> None:
         super().__init__()
         self.frame_stack = frame_stack
+        self.n_step = n_step
+        self.discount = discount
 
     def forward(self, windows: TensorDictBase) -> TensorDictBase:
+        if self.n_step > 1:
+            return self._n_step(windows)
         frames = windows[FRAME]  # [B, fs + 1, C, H, W]
         batch, _, channels, height, width = frames.shape
         stacked = (batch, self.frame_stack * channels, height, width)
@@ -215,6 +247,50 @@ class StackFrames(Transform):
                     "reward": last["reward"],
                     "terminated": last["terminated"],
                     "done": last["terminated"],
+                },
+            },
+            batch_size=[batch],
+        )
+
+    def _n_step(self, windows: TensorDictBase) -> TensorDictBase:
+        fs, n = self.frame_stack, self.n_step
+        frames = windows[FRAME]  # [B, fs + n, C, H, W]
+        batch, length, channels, height, width = frames.shape
+        stacked = (batch, fs * channels, height, width)
+        own = fs - 1  # window position of the transition's own row
+        run = windows[:, own : own + n]  # rows k … k+n-1
+        reward = run["reward"].reshape(batch, n)
+        terminated = run["terminated"].reshape(batch, n)
+        steps = run[STEP].reshape(batch, n).long()
+        offsets = torch.arange(n)
+        # Row k+i (i ≥ 1) continues the run iff it is a transition of the same episode and k+i-1 did not
+        # terminate; the run is every row up to the first that does not continue.
+        continues = (
+            run[VALID].reshape(batch, n)[:, 1:]
+            & (steps[:, 1:] == steps[:, :1] + offsets[1:])
+            & ~terminated[:, :-1]
+        )
+        in_run = torch.cat([torch.ones(batch, 1, dtype=torch.bool), continues], dim=1).cummin(dim=1).values
+        m = in_run.sum(dim=1)  # [B], 1 … n
+        powers = torch.tensor(self.discount, dtype=torch.float64) ** torch.arange(n + 1, dtype=torch.float64)
+        returns = (reward.double() * powers[:n] * in_run).sum(dim=1, keepdim=True).float()
+        ended = (terminated & in_run).any(dim=1, keepdim=True)
+        bootstrap = torch.where(ended, 0.0, powers[m].unsqueeze(1)).float()
+        # Next stack = window positions m … m+fs-1: a row copy per frame (index_select) on the flat batch.
+        picks = (torch.arange(batch) * length + m).unsqueeze(1) + torch.arange(fs)
+        next_frames = frames.reshape(batch * length, channels, height, width).index_select(
+            0, picks.reshape(-1)
+        )
+        return TensorDict(
+            {
+                "pixels": frames[:, :fs].reshape(stacked),
+                "action": windows[:, own]["action"],
+                "next": {
+                    "pixels": next_frames.reshape(stacked),
+                    "reward": returns,
+                    "discount": bootstrap,
+                    "terminated": ended,
+                    "done": ended.clone(),
                 },
             },
             batch_size=[batch],
@@ -290,6 +366,11 @@ class FrameReplay:
             over rows the checkpoint still samples; with at least as many spare rows as rows written
             between checkpoints, a resumed wrapped-around disk buffer samples exactly as an
             uninterrupted one. Not needed while the buffer has not wrapped around.
+        n_step: n of the n-step return each sample covers (1 = one-step transitions; DrQ-v2 uses 3);
+            for n > 1 samples carry `("next", "discount")` (see `StackFrames`). Part of the checkpoint:
+            a restored buffer serves the n of its checkpoint.
+        discount: γ used only to sum n-step rewards and as the base of `("next", "discount")`; the
+            learner's own discount must match. Part of the checkpoint, like `n_step`.
     """
 
     def __init__(
@@ -303,6 +384,8 @@ class FrameReplay:
         storage: Literal["memory", "disk"] = "memory",
         scratch_dir: str | Path | None = None,
         spare_rows: int = 0,
+        n_step: int = 1,
+        discount: float = 0.99,
     ) -> None:
         slots = capacity + spare_rows
         self.storage_kind = storage
@@ -320,14 +403,28 @@ class FrameReplay:
             store = GatherMemmapStorage(slots, self.scratch_dir)
         else:
             raise ValueError(f"replay storage must be 'memory' or 'disk', got {storage!r}")
-        self.sampler = FrameStackSampler(frame_stack, capacity)
+        self.sampler = FrameStackSampler(frame_stack, capacity, n_step)
+        self.transform = StackFrames(frame_stack, n_step, discount)
         self.buffer = TensorDictReplayBuffer(
             storage=store,
             sampler=self.sampler,
-            transform=StackFrames(frame_stack),
+            transform=self.transform,
             batch_size=batch_size,
         )
         self.rows_written = 0
+        self.n_step, self.discount = n_step, discount
+
+    def _set_n_step(self, n_step: int, discount: float) -> None:
+        if (n_step, discount) != (self.n_step, self.discount):
+            warnings.warn(
+                f"the checkpointed replay serves {n_step}-step returns with discount {discount}, not the "
+                f"configured {self.n_step}-step with {self.discount}: restoring the checkpoint's",
+                stacklevel=3,
+            )
+        self.n_step, self.discount = n_step, discount
+        self.sampler.n_step = n_step
+        self.sampler._offsets = torch.arange(-self.sampler.frame_stack + 1, n_step + 1)
+        self.transform.n_step, self.transform.discount = n_step, discount
 
     def extend(self, transitions: TensorDictBase) -> None:
         rows = transitions_to_rows(transitions, self.rows_written)
@@ -354,7 +451,12 @@ class FrameReplay:
         """Everything needed to resume. In memory: the rows too. On disk: metadata only (the files are
         the data; flushed here so that the checkpoint never refers to rows not on disk)."""
         if self.storage_kind == "memory":
-            return {"buffer": self.buffer.state_dict(), "rows_written": self.rows_written}
+            return {
+                "buffer": self.buffer.state_dict(),
+                "rows_written": self.rows_written,
+                "n_step": self.n_step,
+                "discount": self.discount,
+            }
         self.flush()
         storage = self.buffer.storage
         return {
@@ -366,6 +468,8 @@ class FrameReplay:
             "writer": self.buffer._writer.state_dict(),
             "sampler": self.sampler.state_dict(),
             "rows_written": self.rows_written,
+            "n_step": self.n_step,
+            "discount": self.discount,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -374,9 +478,12 @@ class FrameReplay:
         if kind != self.storage_kind:
             raise ValueError(f"cannot load a {kind} replay state into a {self.storage_kind} replay")
         self.rows_written = state["rows_written"]
+        # A checkpoint from before n-step replay keeps this replay's settings.
+        n_step, discount = state.get("n_step", self.n_step), state.get("discount", self.discount)
         if kind == "memory":
             self.buffer.load_state_dict(state["buffer"])
             self.sampler.rows_written = self.rows_written
+            self._set_n_step(n_step, discount)
             return
         storage = self.buffer.storage
         assert isinstance(storage, GatherMemmapStorage)
@@ -387,6 +494,7 @@ class FrameReplay:
         self.buffer._writer.load_state_dict(state["writer"])
         self.sampler.load_state_dict(state["sampler"])
         self.sampler.rows_written = self.rows_written
+        self._set_n_step(n_step, discount)
         if state["initialized"]:
             storage.reopen(state["len"])
             self._warn_lost_rows()

@@ -184,6 +184,8 @@ class DMCDataModule(L.LightningDataModule):
             last checkpoint by a run that then crashed never replace rows the checkpoint still samples.
             A resume is exact with at least as many as the agent steps between checkpoints (+1% for
             episode ends); 0 is exact while the buffer has not wrapped around (the default capacity).
+        n_step: n of the n-step return the replay serves (1 = the reference's one-step TD; DrQ-v2 uses 3).
+        discount: γ used only to sum n-step rewards (the learner's own discount must match).
         frames_per_batch: agent steps per collector iteration (1 keeps the reference's
             one-update-per-step interleaving exact).
         dmcgb_root: a DMC-GB data folder (`color_*.pt`, `video_easy/`, `video_hard/`) for the test
@@ -208,6 +210,8 @@ class DMCDataModule(L.LightningDataModule):
         replay_storage: Literal["memory", "disk"] = "memory",
         replay_dir: str | None = None,
         replay_spare_rows: int = 0,
+        n_step: int = 1,
+        discount: float = 0.99,
         frames_per_batch: int = 1,
         dmcgb_root: str | None = None,
         davis_root: str | None = None,
@@ -285,6 +289,8 @@ class DMCDataModule(L.LightningDataModule):
             storage=hp.replay_storage,
             scratch_dir=scratch_dir,
             spare_rows=hp.replay_spare_rows if disk else 0,
+            n_step=hp.n_step,
+            discount=hp.discount,
         )
         self.stream = EnvStream(
             self.collector,

@@ -9,7 +9,7 @@ the yardstick `SGQNModule.training_step` is tested equal to (tests/test_module.p
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -59,7 +59,8 @@ def reference_update(
     give the same parameters.
     """
     hp: Any = module.hparams
-    critic, actor, loss = module.critic, module.actor, module.loss
+    critic, loss = module.critic, cast(Any, module.loss)  # an SGQN module: a SACLoss
+    actor: Any = module.actor
     obs = random_shift(batch["pixels"], hp.shift_pad).float()
     next_obs = random_shift(batch["next", "pixels"], hp.shift_pad).float()
     action, reward = batch["action"], batch["next", "reward"]
@@ -96,7 +97,7 @@ def reference_update(
     if step % hp.critic_target_update_freq == 0:
         loss.target_critic.update(critic)
     if step % hp.aux_update_freq == 0:
-        overlay = random_overlay(obs, loss.overlay.images)  # type: ignore[union-attr, arg-type]
+        overlay = random_overlay(obs, loss.guidance.overlay.images)
         logits = loss.guidance.decoder(critic.projection(critic.encoder(overlay)), action)  # type: ignore[union-attr, operator]
         aux = F.binary_cross_entropy_with_logits(logits, mask.float())
         optimizers[3].zero_grad()

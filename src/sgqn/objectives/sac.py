@@ -5,21 +5,14 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
 
 import torch
-import torch.nn.functional as F
 from tensordict import TensorDict, TensorDictBase
-from tensordict.utils import NestedKey
 from torch import Tensor, nn
-from torchrl.objectives import LossModule
 
-from sgqn.augment import random_shift
 from sgqn.nets import Actor, Critic, squashed_gaussian_sample
+from sgqn.objectives.learner import Guidance, Metrics, ParamGroups, Step, ValueLearner
 from sgqn.objectives.targets import TargetCritic
-
-Metrics = dict[str, Tensor]
 
 
 @contextlib.contextmanager
@@ -35,17 +28,17 @@ def frozen(module: nn.Module) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
-class SACLoss(LossModule):
-    """Soft actor-critic losses over a TorchRL batch; target network in `self.target_critic`.
+class SACLoss(ValueLearner):
+    """Soft actor-critic on pixels (DrQ shift) as a `ValueLearner`; target network in `self.target_critic`.
 
-    `forward(td)` returns `loss_critic`, `loss_actor`, `loss_alpha` (+ metrics) from one batch, for a plain
-    TorchRL loop (their sum back-propagates correctly: the actor reads detached conv features and a frozen
-    critic; the temperature loss only reaches `log_alpha`). `SGQNModule` calls the granular methods in the
-    reference order instead (critic step, then actor and temperature on the updated critic).
+    `update()` runs the reference order (critic step; then, every `actor_update_freq` agent steps, the
+    actor and temperature on the updated critic; every `critic_target_update_freq`, the target). For a
+    plain TorchRL loop, `forward(td)` returns `loss_critic`, `loss_actor`, `loss_alpha` (+ metrics) from
+    one batch (their sum back-propagates correctly: the actor reads detached conv features and a frozen
+    critic; the temperature loss only reaches `log_alpha`).
 
-    Batch keys (TorchRL conventions): "pixels" uint8 `[B, C, H, W]`, "action" `[B, A]`,
-    ("next", "pixels"), ("next", "reward") `[B, 1]`, ("next", "terminated") bool `[B, 1]` — the bootstrap
-    uses 1 − terminated (time-limit truncation still bootstraps).
+    Batch keys: see `ValueLearner`; the bootstrap uses 1 − terminated (time-limit truncation still
+    bootstraps).
 
     Args:
         actor: the policy (`Actor`), sharing its encoder with `critic`.
@@ -57,15 +50,14 @@ class SACLoss(LossModule):
         encoder_tau: Polyak rate of the target convs + projection (0.05).
         shift_pad: DrQ random-shift padding applied to pixels and next pixels (4; 0 = no augmentation,
             the SGQN repository's own `SAC` baseline).
+        actor_update_freq: actor and temperature step when the agent step is a multiple of this (2).
+        critic_target_update_freq: target update when the agent step is a multiple of this (2).
+        guidance: SVEA's or SGQN's plug-in (`Guidance`; None: plain SAC).
     """
 
-    @dataclass
-    class _AcceptedKeys:
-        pixels: NestedKey = "pixels"
-        action: NestedKey = "action"
-        next_pixels: NestedKey = ("next", "pixels")
-        reward: NestedKey = ("next", "reward")
-        terminated: NestedKey = ("next", "terminated")
+    actor: Actor
+    critic: Critic
+    target_critic: TargetCritic
 
     def __init__(
         self,
@@ -78,6 +70,9 @@ class SACLoss(LossModule):
         critic_tau: float = 0.01,
         encoder_tau: float = 0.05,
         shift_pad: int = 4,
+        actor_update_freq: int = 2,
+        critic_target_update_freq: int = 2,
+        guidance: Guidance | None = None,
     ) -> None:
         super().__init__()
         self.actor, self.critic = actor, critic
@@ -85,54 +80,57 @@ class SACLoss(LossModule):
         self.log_alpha = nn.Parameter(torch.tensor(math.log(init_temperature)))
         self.target_entropy = -float(critic.action_dim) if target_entropy is None else target_entropy
         self.discount, self.shift_pad = discount, shift_pad
-
-    def _forward_value_estimator_keys(self, **kwargs: Any) -> None:
-        pass  # the TD target is computed here, not by a TorchRL value estimator
+        self.actor_update_freq, self.critic_target_update_freq = actor_update_freq, critic_target_update_freq
+        self.guidance = guidance if guidance is not None else Guidance()
 
     @property
     def alpha(self) -> Tensor:
         return self.log_alpha.exp()
 
-    # ------------------------------------------------------------------ pieces
+    def act(self, obs: Tensor, deterministic: bool) -> Tensor:
+        with torch.no_grad():
+            mean, log_std = self.actor(obs)
+            return torch.tanh(mean) if deterministic else squashed_gaussian_sample(mean, log_std)[0]
 
-    def augment(self, td: TensorDictBase) -> tuple[Tensor, Tensor]:
-        """Independently shifted float copies of pixels and next pixels (DrQ `sample_drq`)."""
-        keys = self.tensor_keys
-        return (
-            random_shift(td.get(keys.pixels), self.shift_pad).float(),
-            random_shift(td.get(keys.next_pixels), self.shift_pad).float(),
-        )
+    def actor_due(self, due_at: int) -> bool:
+        return due_at % self.actor_update_freq == 0
+
+    def target_due(self, due_at: int) -> bool:
+        return due_at % self.critic_target_update_freq == 0
+
+    def param_groups(self) -> ParamGroups:
+        # The actor's optimizer leaves the shared encoder out: only the critic (and SGQN's aux) train it.
+        return {
+            "critic": (list(self.critic.parameters()), "critic"),
+            "actor": (list[Tensor](self.actor.own_parameters()), "actor"),
+            "alpha": ([self.log_alpha], "alpha"),
+        }
+
+    # ------------------------------------------------------------------ pieces
 
     # (`with torch.no_grad()` inside rather than as a decorator: `torch.compile` caches per code object,
     # and every decorated function shares the decorator's.)
-    def target_value(self, next_obs: Tensor, reward: Tensor, terminated: Tensor) -> Tensor:
-        """r + γ (1 − terminated) [min Q'(s', a') − α log π(a'|s')], a' ~ π(·|s'): `[B, 1]`, no grad."""
+    def soft_target(self, next_obs: Tensor, reward: Tensor, bootstrap: Tensor) -> Tensor:
+        """r + bootstrap · [min Q'(s', a') − α log π(a'|s')], a' ~ π(·|s'): `[B, 1]`, no grad."""
         with torch.no_grad():
             next_action, log_prob = squashed_gaussian_sample(*self.actor(next_obs))
             q1, q2 = self.target_critic(next_obs, next_action)
             soft_value = torch.min(q1, q2) - self.alpha * log_prob
-            return reward + (~terminated.bool()).float() * self.discount * soft_value
+            return reward + bootstrap * soft_value
 
-    def conv_features(self, obs: Tensor) -> Tensor:
-        """Detached shared-encoder features: what the actor step reads."""
-        with torch.no_grad():
-            return self.critic.encoder(obs)
+    def target_value(self, next_obs: Tensor, batch: TensorDictBase, due_at: int = 0) -> Tensor:
+        return self.soft_target(
+            next_obs, batch.get(self.tensor_keys.reward), self.bootstrap(batch, self.discount)
+        )
 
-    def td_loss(self, q1: Tensor, q2: Tensor, target_q: Tensor) -> Tensor:
-        return F.mse_loss(q1, target_q) + F.mse_loss(q2, target_q)
+    def actor_step(self, features: Tensor, step: Step, due_at: int) -> Metrics:
+        loss_actor, metrics = self.actor_loss(features)
+        step("actor", "loss_actor", loss_actor)
+        loss_alpha, alpha_metrics = self.alpha_loss(metrics.pop("log_prob"))
+        step("alpha", "loss_alpha", loss_alpha)
+        return metrics | alpha_metrics
 
     # ------------------------------------------------------------------ losses
-
-    def critic_terms(self, obs: Tensor, action: Tensor, target_q: Tensor) -> tuple[Metrics, Metrics]:
-        """The critic objective's named terms (with grad) and detached metrics. SAC: the TD loss."""
-        q1, q2 = self.critic(obs, action)
-        return {"loss_critic": self.td_loss(q1, q2, target_q)}, {"q1_mean": q1.detach().mean()}
-
-    def critic_loss(self, obs: Tensor, action: Tensor, target_q: Tensor) -> tuple[Tensor, Metrics]:
-        """The critic's whole objective (sum of `critic_terms`) and the detached terms and metrics."""
-        terms, metrics = self.critic_terms(obs, action, target_q)
-        loss = torch.stack(list(terms.values())).sum()
-        return loss, {**{k: v.detach() for k, v in terms.items()}, **metrics}
 
     def actor_loss(self, features: Tensor) -> tuple[Tensor, Metrics]:
         """E[α log π(a|s) − min Q(s, a)] on detached conv features; the critic is frozen (not trained)."""
@@ -156,7 +154,7 @@ class SACLoss(LossModule):
         keys = self.tensor_keys
         obs, next_obs = self.augment(td)
         action = td.get(keys.action)
-        target_q = self.target_value(next_obs, td.get(keys.reward), td.get(keys.terminated))
+        target_q = self.target_value(next_obs, td)
         critic_terms, critic_metrics = self.critic_terms(obs, action, target_q)
         loss_actor, actor_metrics = self.actor_loss(self.conv_features(obs))
         loss_alpha, alpha_metrics = self.alpha_loss(actor_metrics.pop("log_prob"))

@@ -7,8 +7,9 @@ On top of an agent's critic loss, two self-supervised objectives built on the cr
     L_attr    = BCE( decoder(φ(overlay(s)), a), M(s, a) )                 trains encoder φ + decoder
 
 The consistency term uses the mask of the critic before its update; the attribution predictor learns the
-mask of the critic after it (reference order). `SaliencyGuidance` is the component that attaches both to
-any critic-based agent; `SGQNLoss` attaches it to SAC.
+mask of the critic after it (reference order). `SaliencyGuidance` is the `Guidance` plug-in that attaches
+both to any value learner (`sgqn.objectives.learner`); `SGQNLoss` attaches it to SAC, `drqv2_sgqn` to
+DrQ-v2.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from tensordict import TensorDict, TensorDictBase
-from torch import Tensor, nn
+from torch import Tensor
 
 from sgqn.augment import Overlay
 from sgqn.nets import Actor, AttributionDecoder, Critic
-from sgqn.objectives.sac import Metrics, SACLoss
+from sgqn.objectives.learner import Guidance, Metrics, ParamGroups, Step, ValueLearner
+from sgqn.objectives.sac import SACLoss
 from sgqn.saliency import (
     GuidedRule,
     ZeroTies,
@@ -44,8 +46,12 @@ class Saliency:
     features: Tensor  # the shared encoder's conv features of obs (what the actor reads, detached)
 
 
-class SaliencyGuidance(nn.Module):
+class SaliencyGuidance(Guidance):
     """SGQN's consistency and attribution objectives for a critic `critic(obs, a) -> (q1, q2)`.
+
+    As a `Guidance`: the critic's terms are TD + λ·consistency from ONE critic forward; after the critic
+    step, every `aux_update_freq` agent steps, the updated critic's saliency (whose conv features the
+    actor step reuses); last, the attribution predictor's step on overlay-augmented observations.
 
     Args:
         critic: the online critic (with `encoder`, `projection`, `heads`).
@@ -56,6 +62,11 @@ class SaliencyGuidance(nn.Module):
         frames: stacked frames in the observation; the mask is per frame (None: channels / 3).
         zero_ties: "keep" (reference): pixels tied with the threshold are salient, so a frame whose
             attribution is zero on ≥ ρ of its pixels keeps every pixel; "drop": zero is never salient.
+        overlay_images: uint8 `[N, 3, H, W]` natural images for the predictor's overlay (or None, and
+            `overlay.set_images(...)` later).
+        overlay_alpha: overlay blend weight (0.5).
+        aux_update_freq: the saliency + attribution-predictor steps run when the agent step is a
+            multiple of this (2).
     """
 
     def __init__(
@@ -66,11 +77,56 @@ class SaliencyGuidance(nn.Module):
         consistency_weight: float = 0.5,
         frames: int | None = None,
         zero_ties: ZeroTies = "keep",
+        overlay_images: Tensor | None = None,
+        overlay_alpha: float = 0.5,
+        aux_update_freq: int = 2,
     ) -> None:
         super().__init__()
         self.critic, self.decoder = critic, decoder
         self.quantile, self.consistency_weight, self.frames = quantile, consistency_weight, frames
         self.zero_ties: ZeroTies = zero_ties
+        self.overlay = Overlay(overlay_images, overlay_alpha)
+        self.aux_update_freq = aux_update_freq
+
+    # ------------------------------------------------------------------ the plug-in hooks
+
+    def critic_terms(
+        self, learner: ValueLearner, obs: Tensor, action: Tensor, target_q: Tensor
+    ) -> tuple[Metrics, Metrics]:
+        """TD + λ·consistency from one forward of the critic (the one guided backprop reads)."""
+        saliency = self.saliency(obs, action, keep_graph=True)
+        loss_consistency, metrics = self.consistency_loss(obs, action, saliency)
+        terms = {
+            "loss_critic": learner.td_loss(saliency.q1, saliency.q2, target_q),
+            "loss_consistency": loss_consistency,
+        }
+        return terms, {
+            "q1_mean": saliency.q1.detach().mean(),
+            "mask_coverage": metrics["mask_coverage"],
+            "mask_full_frames": metrics["mask_full_frames"],
+        }
+
+    def after_critic(self, obs: Tensor, action: Tensor, due_at: int) -> Saliency | None:
+        return self.saliency(obs, action) if due_at % self.aux_update_freq == 0 else None
+
+    def actor_features(self, state: Saliency | None) -> Tensor | None:
+        return None if state is None else state.features.detach()
+
+    def extra_updates(
+        self, obs: Tensor, action: Tensor, state: Saliency | None, step: Step, due_at: int
+    ) -> Metrics:
+        if state is None:
+            return {}
+        loss, metrics = self.attribution_loss(self.overlay(obs), action, state.mask)
+        step("aux", "loss_attribution", loss)
+        return metrics
+
+    def param_groups(self) -> ParamGroups:
+        # The predictor trains the critic's encoder and projection too (shared), with its own optimizer.
+        shared = [*self.critic.encoder.parameters(), *self.critic.projection.parameters()]
+        return {"aux": ([*shared, *self.decoder.parameters()], "aux")}
+
+    # ------------------------------------------------------------------ the objectives
 
     def saliency(self, obs: Tensor, action: Tensor, keep_graph: bool = False) -> Saliency:
         """One critic forward on `obs` → Q values, conv features and the guided-backprop mask.
@@ -130,8 +186,11 @@ class SGQNLoss(SACLoss):
         overlay_images: uint8 `[N, 3, H, W]` natural images for the overlay (or None, and
             `overlay.set_images(...)` later).
         overlay_alpha: overlay blend weight (0.5).
+        aux_update_freq: see `SaliencyGuidance` (2).
         **sac_kwargs: `SACLoss` hyper-parameters.
     """
+
+    guidance: SaliencyGuidance
 
     def __init__(
         self,
@@ -144,24 +203,24 @@ class SGQNLoss(SACLoss):
         zero_ties: ZeroTies = "keep",
         overlay_images: Tensor | None = None,
         overlay_alpha: float = 0.5,
+        aux_update_freq: int = 2,
         **sac_kwargs: float,
     ) -> None:
-        super().__init__(actor, critic, **sac_kwargs)  # type: ignore[arg-type]
-        self.overlay = Overlay(overlay_images, overlay_alpha)
-        self.guidance = SaliencyGuidance(critic, decoder, quantile, consistency_weight, zero_ties=zero_ties)
+        guidance = SaliencyGuidance(
+            critic,
+            decoder,
+            quantile,
+            consistency_weight,
+            zero_ties=zero_ties,
+            overlay_images=overlay_images,
+            overlay_alpha=overlay_alpha,
+            aux_update_freq=aux_update_freq,
+        )
+        super().__init__(actor, critic, guidance=guidance, **sac_kwargs)  # type: ignore[arg-type]
 
-    def critic_terms(self, obs: Tensor, action: Tensor, target_q: Tensor) -> tuple[Metrics, Metrics]:
-        saliency = self.guidance.saliency(obs, action, keep_graph=True)
-        loss_consistency, metrics = self.guidance.consistency_loss(obs, action, saliency)
-        terms = {
-            "loss_critic": self.td_loss(saliency.q1, saliency.q2, target_q),
-            "loss_consistency": loss_consistency,
-        }
-        return terms, {
-            "q1_mean": saliency.q1.detach().mean(),
-            "mask_coverage": metrics["mask_coverage"],
-            "mask_full_frames": metrics["mask_full_frames"],
-        }
+    @property
+    def overlay(self) -> Overlay:
+        return self.guidance.overlay
 
     def attribution_loss(
         self, obs: Tensor, action: Tensor, mask: Tensor | None = None
