@@ -1,4 +1,4 @@
-"""Milliseconds per agent update of `SGQNModule` (sac / svea / sgqn) on CPU, per speed option.
+"""Milliseconds per agent update of `SGQNModule` (sac / svea / sgqn / drqv2 / drqv2_sgqn) on CPU, per speed option.
 
     python benchmarks/update_step.py                       # paper size: batch 128, 11 conv layers, 84 px
     python benchmarks/update_step.py --quick               # tiny smoke run (CI)
@@ -159,11 +159,14 @@ def _module(args: argparse.Namespace, variant: str, algorithm: str) -> SGQNModul
     options: dict[str, Any] = dict(VARIANTS.get(variant, {}))
     if variant == "reference":
         options["subpixel_decoder"] = False  # the reference's literal upsample-then-conv decoder
+    layers = args.layers
+    if algorithm.startswith("drqv2"):  # DrQ-v2's own sizes (conf/drqv2.yaml): 4 conv layers, trunk 50
+        layers, options["feature_dim"] = min(args.layers, 4), 50
     module = SGQNModule(
         algorithm=algorithm,
         observation_shape=(9, args.size, args.size),
         action_dim=args.action_dim,
-        num_conv_layers=args.layers,
+        num_conv_layers=layers,
         tune_malloc=variant != "malloc",
         **options,
     )
@@ -223,7 +226,12 @@ def main() -> None:
         help="timed updates of the bf16 rows (slow without native bf16)",
     )
     parser.add_argument("--rounds", type=int, default=1, help="round-robin repetitions of all rows")
-    parser.add_argument("--algorithms", nargs="+", default=["sac", "svea", "sgqn"])
+    parser.add_argument(
+        "--algorithms",
+        nargs="+",
+        default=["sac", "svea", "sgqn", "drqv2", "drqv2_sgqn"],
+        help="drqv2 rows use DrQ-v2's 4 conv layers and trunk 50 (its batch is 256: --batch 256)",
+    )
     parser.add_argument("--variants", nargs="+", default=["malloc", "reference", *VARIANTS])
     parser.add_argument("--quick", action="store_true", help="tiny shapes and repeats (smoke test)")
     parser.add_argument("--row", nargs=2, metavar=("VARIANT", "ALGORITHM"), help=argparse.SUPPRESS)
@@ -247,10 +255,10 @@ def main() -> None:
     for algorithm, count in flops.items():
         floor = count / peak * 1e3
         print(
-            f"  {algorithm:<6} {count / 1e9:6.1f} GFLOP/update → ≥ {floor:5.0f} ms/update even at that peak"
+            f"  {algorithm:<10} {count / 1e9:6.1f} GFLOP/update → ≥ {floor:5.0f} ms/update even at that peak"
         )
     header = (
-        f"{'algorithm':<10}{'variant':<15}{'ms/update':>10}{'best':>8}{'even':>9}{'odd':>9}{'GFLOP/s':>9}"
+        f"{'algorithm':<12}{'variant':<15}{'ms/update':>10}{'best':>8}{'even':>9}{'odd':>9}{'GFLOP/s':>9}"
     )
     print(header + "   (ms/update: mean of the median even and odd update; best: of the fastest ones)")
     rows = [(v, a) for v in args.variants for a in args.algorithms if v != "reference" or a == "sgqn"]
@@ -270,12 +278,12 @@ def main() -> None:
             fastest[algorithm] = (best, variant)
         halves = f"{statistics.median(even) * 1e3:>9.0f}{statistics.median(odd) * 1e3:>9.0f}"
         rate = f"{flops[algorithm] / median / 1e6:>9.0f}"  # the reference row does more work than this
-        print(f"{algorithm:<10}{variant:<15}{median:>10.0f}{best:>8.0f}{halves}{rate}", flush=True)
+        print(f"{algorithm:<12}{variant:<15}{median:>10.0f}{best:>8.0f}{halves}{rate}", flush=True)
     print(f"load average after: {_load()}")
     # Paper scale: the reference trains `--train_steps 500k` agent steps with one update per step.
     print("paper-scale estimate (500k updates, learner time only, fastest row's best cycle):")
     for algorithm, (ms, variant) in sorted(fastest.items()):
-        print(f"  {algorithm:<6} {ms:7.0f} ms/update ({variant}) → {ms * 500_000 / 3.6e6:6.0f} h")
+        print(f"  {algorithm:<10} {ms:7.0f} ms/update ({variant}) → {ms * 500_000 / 3.6e6:6.0f} h")
 
 
 if __name__ == "__main__":

@@ -58,8 +58,8 @@ def test_explicit_rho_wins_over_the_tasks() -> None:
 
 def test_no_config_file_restates_a_default() -> None:
     files = sorted(p.relative_to(CONF).as_posix() for p in CONF.rglob("*.yaml"))
-    assert files == ["quickstart.yaml", "sweep/cpu_mini.yaml", "sweep/paper.yaml", "tiny.yaml"]
-    for name in ("quickstart.yaml", "tiny.yaml"):
+    assert files == ["drqv2.yaml", "quickstart.yaml", "sweep/cpu_mini.yaml", "sweep/paper.yaml", "tiny.yaml"]
+    for name in ("drqv2.yaml", "quickstart.yaml", "tiny.yaml"):
         data = yaml.safe_load((CONF / name).read_text())
         defaults = {**_defaults(SGQNModule), **{f"data.{k}": v for k, v in _defaults(DMCDataModule).items()}}
         for key, value in data.get("model", {}).items():
@@ -81,7 +81,12 @@ def test_command_line_overrides_win(capsys: pytest.CaptureFixture) -> None:
 @pytest.mark.parametrize(
     ("args", "named"),
     [
-        (["--model.algorithm", "sac", "--model.quantile", "0.9"], "--model.quantile (sgqn only)"),
+        (["--model.algorithm", "sac", "--model.quantile", "0.9"], "--model.quantile (sgqn/drqv2_sgqn only)"),
+        (["-c", str(CONF / "drqv2.yaml"), "--model.init_temperature", "0.2"], "--model.init_temperature"),
+        (
+            ["--model.algorithm", "sgqn", "--model.stddev_clip", "0.2"],
+            "--model.stddev_clip (drqv2/drqv2_sgqn",
+        ),
         (["--model.algorithm", "sgqn", "--model.svea_alpha", "0.3"], "--model.svea_alpha (svea only)"),
         (["-c", str(CONF / "quickstart.yaml"), "--model.algorithm", "svea"], "--model.decoder_channels"),
     ],
@@ -90,6 +95,21 @@ def test_a_setting_of_another_algorithm_is_an_error(args: list[str], named: str)
     with pytest.raises(ConfigError, match=re.escape(named)):
         check_fit_args([*args, "--trainer.logger", "false"])
     check_fit_args(["--model.algorithm", "sac", "--model.quantile", "null", "--trainer.logger", "false"])
+
+
+@pytest.mark.parametrize("algorithm", ["drqv2", "drqv2_sgqn"])
+def test_drqv2_config_serves_the_papers_tasks(algorithm: str, capsys: pytest.CaptureFixture) -> None:
+    for task in PAPER_RHO:
+        config = resolved(
+            capsys, "-c", str(CONF / "drqv2.yaml"), "--model.algorithm", algorithm, "--data.task", task
+        )
+        model, data = config["model"], config["data"]
+        assert model["num_conv_layers"] == 4 and model["feature_dim"] == 50 and model["critic_lr"] == 1e-4
+        assert data["action_repeat"] == 2 and data["n_step"] == 3 and data["batch_size"] == 256
+        assert data["update_every_steps"] == 2 and data["warmup_burst"] is False
+    check_fit_args(
+        ["-c", str(CONF / "drqv2.yaml"), "--model.algorithm", algorithm, "--trainer.logger", "false"]
+    )
 
 
 def _defaults(cls: type) -> dict[str, object]:

@@ -97,7 +97,7 @@ class SGQNCLI(LightningCLI):
         name = run_name(algorithm, hp.task, f"s{hp.seed}", when=self.started_at)
         tags = run_tags(algorithm, hp.task, hp.seed)
         resolved = resolved_data_params(dict(hp) | {"overlay_root": self.model.hparams["overlay_root"]})
-        if algorithm == "sgqn":
+        if algorithm in ("sgqn", "drqv2_sgqn"):
             resolved["quantile"] = self.model.quantile  # the task's rho when the config says null
         for logger in self.trainer.loggers:
             if isinstance(logger, MLFlowLogger):
@@ -121,6 +121,7 @@ class SGQNCLI(LightningCLI):
         parser.link_arguments("data.observation_shape", "model.observation_shape", apply_on="instantiate")
         parser.link_arguments("data.action_dim", "model.action_dim", apply_on="instantiate")
         parser.link_arguments("data.places_root", "model.overlay_root")  # one image source for both
+        parser.link_arguments("model.discount", "data.discount")  # the n-step replay sums with the same γ
         parser.link_arguments("data.task", "model.task")  # the task's default rho (`sgqn.envs.TASK_DEFAULTS`)
         # One seed per run: `--data.seed N` also seeds torch (network init, warm-up actions, augmentation
         # and policy noise); otherwise runs "of different seeds" would share all of those.

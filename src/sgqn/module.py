@@ -27,12 +27,22 @@ from torch import Tensor, nn
 
 from sgqn.guards import TrainingDiverged, all_finite, check_action, check_weights, nonfinite_message
 from sgqn.nets import Actor, AttributionDecoder, Critic, Encoder
+from sgqn.nets_drqv2 import DeterministicActor, DrQv2Encoder
 from sgqn.objectives import Guidance, SACLoss, SaliencyGuidance, SVEAGuidance, ValueLearner
+from sgqn.objectives.drqv2 import DrQv2Loss
 from sgqn.saliency import ZeroTies, attribution_mask, guided_backprop
 
 log = logging.getLogger(__name__)
 
-Algorithm = Literal["sac", "svea", "sgqn"]
+Algorithm = Literal["sac", "svea", "sgqn", "drqv2", "drqv2_sgqn"]
+# An algorithm = a value learner + a guidance plug-in (`sgqn.objectives.learner`).
+ALGORITHMS: dict[str, tuple[str, str | None]] = {
+    "sac": ("sac", None),
+    "svea": ("sac", "svea"),
+    "sgqn": ("sac", "sgqn"),
+    "drqv2": ("drqv2", None),
+    "drqv2_sgqn": ("drqv2", "sgqn"),
+}
 OnNonFinite = Literal["stop", "skip"]
 UpdateSchedule = Literal["reference", "counted"]
 
@@ -84,7 +94,8 @@ class SGQNModule(L.LightningModule):
     ("next", "pixels"), ("next", "reward") `[B, 1]`, ("next", "terminated") bool `[B, 1]`.
 
     Args:
-        algorithm: "sac" (SAC + DrQ shift), "svea" (+ overlay-augmented critic) or "sgqn".
+        algorithm: "sac" (SAC + DrQ shift), "svea" (+ overlay-augmented critic), "sgqn" (+ saliency
+            guidance), "drqv2" (DrQ-v2) or "drqv2_sgqn" (DrQ-v2 + the same saliency guidance).
         observation_shape: (C, H, W) of the stacked frames, C = 3 × frames.
         action_dim: |A|.
         num_conv_layers: conv layers of the shared encoder (11 in the paper).
@@ -129,6 +140,10 @@ class SGQNModule(L.LightningModule):
             reference's literal upsample-then-conv).
         svea_alpha: SVEA weight of the clean TD loss (0.5).
         svea_beta: SVEA weight of the overlay TD loss (0.5).
+        stddev_init, stddev_final, stddev_steps: DrQ-v2's exploration σ, linear from `stddev_init` to
+            `stddev_final` over `stddev_steps` agent steps (1.0, 0.1, 100k: its "easy" tasks; 500k on
+            cheetah_run and walker_run).
+        stddev_clip: DrQ-v2's clip of the target's and the actor step's noise (0.3).
         overlay_root: Places365 (or any image folder) for the overlay; None = the embedded images.
         channels_last: the encoder's convs in channels-last memory format (speed, on by default: 11-23%
             faster per update on the 2-core CPU, `benchmarks/update_step.py`; same maths up to float rounding).
@@ -179,6 +194,10 @@ class SGQNModule(L.LightningModule):
         subpixel_decoder: bool = True,
         svea_alpha: float = 0.5,
         svea_beta: float = 0.5,
+        stddev_init: float = 1.0,
+        stddev_final: float = 0.1,
+        stddev_steps: int = 100_000,
+        stddev_clip: float = 0.3,
         overlay_root: str | None = None,
         channels_last: bool = True,
         autocast_bf16: bool = False,
@@ -187,8 +206,8 @@ class SGQNModule(L.LightningModule):
         on_nonfinite: OnNonFinite = "stop",
     ) -> None:
         super().__init__()
-        if algorithm not in ("sac", "svea", "sgqn"):
-            raise ValueError(f"unknown algorithm {algorithm!r}")
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"unknown algorithm {algorithm!r}; valid: {', '.join(ALGORITHMS)}")
         if update_schedule not in ("reference", "counted"):
             raise ValueError(f"update_schedule must be 'reference' or 'counted', not {update_schedule!r}")
         if on_nonfinite not in ("stop", "skip"):
@@ -202,23 +221,20 @@ class SGQNModule(L.LightningModule):
         self.quantile = float(quantile)  # the ρ in use (the hyper-parameter may be None: the task's)
         obs_shape = (int(observation_shape[0]), int(observation_shape[1]), int(observation_shape[2]))
         fast = dict(channels_last=channels_last, autocast_bf16=autocast_bf16)
-        encoder = Encoder(obs_shape, num_conv_layers, num_filters, **fast)
-        actor = Actor(encoder, action_dim, feature_dim, hidden_dim, actor_log_std_min, actor_log_std_max)
-        critic = Critic(encoder, action_dim, feature_dim, hidden_dim)
-        sac_kwargs: dict[str, Any] = dict(
-            discount=discount,
-            init_temperature=init_temperature,
-            critic_tau=critic_tau,
-            encoder_tau=encoder_tau,
-            shift_pad=shift_pad,
-            actor_update_freq=actor_update_freq,
-            critic_target_update_freq=critic_target_update_freq,
-        )
-        # An algorithm = a value learner + a guidance plug-in (`sgqn.objectives.learner`).
+        learner, guided_by = ALGORITHMS[algorithm]
+        encoder: nn.Module
+        actor: nn.Module
+        if learner == "drqv2":
+            encoder = DrQv2Encoder(obs_shape, num_conv_layers, num_filters, **fast)
+            actor = DeterministicActor(encoder, action_dim, feature_dim, hidden_dim)
+        else:
+            encoder = Encoder(obs_shape, num_conv_layers, num_filters, **fast)
+            actor = Actor(encoder, action_dim, feature_dim, hidden_dim, actor_log_std_min, actor_log_std_max)
+        critic = Critic(encoder, action_dim, feature_dim, hidden_dim)  # type: ignore[arg-type]
         guidance: Guidance | None = None
-        if algorithm == "svea":
+        if guided_by == "svea":
             guidance = SVEAGuidance(svea_alpha=svea_alpha, svea_beta=svea_beta)
-        elif algorithm == "sgqn":
+        elif guided_by == "sgqn":
             widths = (int(decoder_channels[0]), int(decoder_channels[1]), int(decoder_channels[2]))
             decoder = AttributionDecoder(
                 action_dim, feature_dim, obs_shape, widths, subpixel=subpixel_decoder, **fast
@@ -231,7 +247,33 @@ class SGQNModule(L.LightningModule):
                 zero_ties=mask_zero_ties,
                 aux_update_freq=aux_update_freq,
             )
-        self.loss: ValueLearner = SACLoss(actor, critic, guidance=guidance, **sac_kwargs)
+        self.loss: ValueLearner
+        if learner == "drqv2":
+            self.loss = DrQv2Loss(
+                actor,  # type: ignore[arg-type]
+                critic,
+                discount=discount,
+                critic_tau=critic_tau,
+                shift_pad=shift_pad,
+                stddev_init=stddev_init,
+                stddev_final=stddev_final,
+                stddev_steps=stddev_steps,
+                stddev_clip=stddev_clip,
+                guidance=guidance,
+            )
+        else:
+            self.loss = SACLoss(
+                actor,  # type: ignore[arg-type]
+                critic,
+                discount=discount,
+                init_temperature=init_temperature,
+                critic_tau=critic_tau,
+                encoder_tau=encoder_tau,
+                shift_pad=shift_pad,
+                actor_update_freq=actor_update_freq,
+                critic_target_update_freq=critic_target_update_freq,
+                guidance=guidance,
+            )
         self.update_step: Tensor
         self.register_buffer("update_step", torch.zeros((), dtype=torch.long))
         self.skipped_updates = 0  # saved in checkpoints by `on_save_checkpoint` (not a buffer: old ones load)
@@ -277,7 +319,8 @@ class SGQNModule(L.LightningModule):
         # forward on CPU). Compiled training forwards/backwards measured no faster (the decoder slower),
         # and a compiled region would freeze the GuidedReLUs to the ordinary rule.
         loss = self.loss
-        loss.soft_target = torch.compile(loss.soft_target, dynamic=False)  # type: ignore[attr-defined]
+        if hasattr(loss, "soft_target"):  # SAC's pure target (DrQ-v2's also records the agent step)
+            loss.soft_target = torch.compile(loss.soft_target, dynamic=False)
         loss.conv_features = torch.compile(loss.conv_features, dynamic=False)  # type: ignore[method-assign]
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:

@@ -243,17 +243,32 @@ def _one_line(err: BaseException) -> str:
 
 # Settings that only one family of algorithms reads: giving them to another is a mistake (the value would
 # be silently ignored). Defaults are the module's; a value equal to the default is not "given".
+_SGQN = ("sgqn", "drqv2_sgqn")  # SGQN's saliency guidance, on SAC or on DrQ-v2
+_SAC = ("sac", "svea", "sgqn")  # the SAC learner
+_DRQV2 = ("drqv2", "drqv2_sgqn")
 ALGORITHM_SETTINGS: dict[str, tuple[str, ...]] = {
-    "quantile": ("sgqn",),
-    "aux_lr": ("sgqn",),
-    "aux_beta": ("sgqn",),
-    "aux_update_freq": ("sgqn",),
-    "consistency_weight": ("sgqn",),
-    "mask_zero_ties": ("sgqn",),
-    "decoder_channels": ("sgqn",),
-    "subpixel_decoder": ("sgqn",),
+    "quantile": _SGQN,
+    "aux_lr": _SGQN,
+    "aux_beta": _SGQN,
+    "aux_update_freq": _SGQN,
+    "consistency_weight": _SGQN,
+    "mask_zero_ties": _SGQN,
+    "decoder_channels": _SGQN,
+    "subpixel_decoder": _SGQN,
     "svea_alpha": ("svea",),
     "svea_beta": ("svea",),
+    "init_temperature": _SAC,
+    "alpha_lr": _SAC,
+    "alpha_beta": _SAC,
+    "actor_log_std_min": _SAC,
+    "actor_log_std_max": _SAC,
+    "actor_update_freq": _SAC,
+    "critic_target_update_freq": _SAC,
+    "encoder_tau": _SAC,
+    "stddev_init": _DRQV2,
+    "stddev_final": _DRQV2,
+    "stddev_steps": _DRQV2,
+    "stddev_clip": _DRQV2,
 }
 
 

@@ -48,17 +48,20 @@ class StreamStats:
     _window_steps: int = 0
 
 
-def updates_due(env_steps: int, init_steps: int, updates_per_step: int) -> int:
+def updates_due(
+    env_steps: int, init_steps: int, updates_per_step: int, update_every_steps: int = 1, burst: bool = True
+) -> int:
     """Gradient updates after collecting agent step number `env_steps` (1-based).
 
     None while the buffer warms up with random actions; at the switch, `init_steps` updates at once (as
-    the reference implementations do); then `updates_per_step` per step.
+    the SAC / SVEA / SGQN references do; `burst=False`: none, as DrQ-v2); then `updates_per_step` at
+    every `update_every_steps`-th agent step (DrQ-v2: one update every 2 steps).
     """
     if env_steps < init_steps:
         return 0
-    if env_steps == init_steps:
+    if env_steps == init_steps and burst:
         return init_steps * updates_per_step
-    return updates_per_step
+    return updates_per_step if env_steps % update_every_steps == 0 else 0
 
 
 class EnvStream(IterableDataset):
@@ -74,11 +77,14 @@ class EnvStream(IterableDataset):
         init_steps: int,
         updates_per_step: int,
         stats: StreamStats,
+        update_every_steps: int = 1,
+        burst: bool = True,
         fps_window: int = 100,
     ) -> None:
         self.collector, self.replay = collector, replay
         self.num_env_steps, self.init_steps = num_env_steps, init_steps
         self.updates_per_step, self.stats, self.fps_window = updates_per_step, stats, fps_window
+        self.update_every_steps, self.burst = update_every_steps, burst
         self.pending = 0  # batches due at the latest step and not yet yielded
 
     def _record(self, transitions: TensorDictBase) -> None:
@@ -115,7 +121,7 @@ class EnvStream(IterableDataset):
             before = self.stats.env_steps
             self._record(transitions)
             self.pending = sum(
-                updates_due(step, self.init_steps, self.updates_per_step)
+                updates_due(step, self.init_steps, self.updates_per_step, self.update_every_steps, self.burst)
                 for step in range(before + 1, self.stats.env_steps + 1)
             )
             if self.pending == 0:
@@ -171,6 +177,9 @@ class DMCDataModule(L.LightningDataModule):
         num_env_steps: run length in agent steps (the paper trains 500k).
         init_steps: agent steps of uniform random actions before the first update (paper: 1000).
         updates_per_step: gradient updates per collected agent step after `init_steps` (paper: 1).
+        update_every_steps: the updates run every this many agent steps (1; DrQ-v2: 2).
+        warmup_burst: at the end of the random warm-up, run `init_steps` updates at once (the SAC / SVEA /
+            SGQN references); False: none (DrQ-v2).
         batch_size: transitions per update batch (paper: 128).
         replay_capacity: transitions kept in replay (default: the whole run); checked against free RAM
             (``memory``) or free disk space (``disk``).
@@ -205,6 +214,8 @@ class DMCDataModule(L.LightningDataModule):
         num_env_steps: int = 500_000,
         init_steps: int = 1000,
         updates_per_step: int = 1,
+        update_every_steps: int = 1,
+        warmup_burst: bool = True,
         batch_size: int = 128,
         replay_capacity: int | None = None,
         replay_storage: Literal["memory", "disk"] = "memory",
@@ -299,6 +310,8 @@ class DMCDataModule(L.LightningDataModule):
             init_steps=hp.init_steps,
             updates_per_step=hp.updates_per_step,
             stats=self.stats,
+            update_every_steps=hp.get("update_every_steps", 1),
+            burst=hp.get("warmup_burst", True),
         )
         if resume is not None and "replay" in resume:
             self._restore(resume)

@@ -37,4 +37,36 @@ class TargetCritic(nn.Module):
         torch._foreach_lerp_(self.critic.head_parameters(), critic.head_parameters(), self.critic_tau)
 
 
-__all__ = ["TargetCritic"]
+class TargetHeads(nn.Module):
+    """DrQ-v2's target: a Polyak copy of the critic's trunk and Q heads only, read on the ONLINE encoder's
+    features of the next observation. θ' ← θ' + τ (θ − θ'), one rate.
+
+    Args:
+        critic: the online critic (its `projection`, `q1`, `q2` are copied).
+        tau: the Polyak rate (0.01).
+    """
+
+    def __init__(self, critic: Critic, tau: float = 0.01) -> None:
+        super().__init__()
+        self.projection = copy.deepcopy(critic.projection).requires_grad_(False)
+        self.q1 = copy.deepcopy(critic.q1).requires_grad_(False)
+        self.q2 = copy.deepcopy(critic.q2).requires_grad_(False)
+        self.tau = tau
+
+    def heads(self, features: Tensor, action: Tensor) -> tuple[Tensor, Tensor]:
+        with torch.no_grad():
+            za = torch.cat([self.projection(features), action], dim=-1)
+            return self.q1(za), self.q2(za)
+
+    @torch.no_grad()
+    def update(self, critic: Critic) -> None:
+        mine: list[Tensor] = [*self.projection.parameters(), *self.q1.parameters(), *self.q2.parameters()]
+        theirs: list[Tensor] = [
+            *critic.projection.parameters(),
+            *critic.q1.parameters(),
+            *critic.q2.parameters(),
+        ]
+        torch._foreach_lerp_(mine, theirs, self.tau)
+
+
+__all__ = ["TargetCritic", "TargetHeads"]
