@@ -208,10 +208,13 @@ class AgentStepProgressBar(ProgressBar):
         self._stats, hp = dm.stats, dm.hparams
         self._total, self._init_steps = int(hp.num_env_steps), int(hp.init_steps)
         # updates per agent step once learning runs (DrQ-v2: one every `update_every_steps`)
-        self._updates_per_step = hp.updates_per_step / hp.get("update_every_steps", 1)
+        self._updates_per_step = hp.updates_per_step / getattr(hp, "update_every_steps", 1)
         # The burst only happens if the run has not passed the switch yet (a resume may have).
         burst = updates_due(
-            self._init_steps, self._init_steps, int(hp.updates_per_step), burst=hp.get("warmup_burst", True)
+            self._init_steps,
+            self._init_steps,
+            int(hp.updates_per_step),
+            burst=getattr(hp, "warmup_burst", True),
         )
         self._burst = burst if self._init_steps > 0 and self._stats.env_steps <= self._init_steps else 0
         self._evaluations = [c for c in trainer.callbacks if isinstance(c, EvaluationCallback)]  # type: ignore[attr-defined]
