@@ -35,11 +35,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import flop_registry
 
-from sgqn.module import SGQNModule, tune_cpu_malloc
+from sgqn.module import SGQNModule, SpeedOptions, tune_cpu_malloc
 from sgqn.objectives.reference import reference_update
 
-VARIANTS: dict[str, dict[str, bool]] = {
-    "fp32": {},
+VARIANTS: dict[str, dict[str, bool]] = {  # `SpeedOptions` fields (everything else at its default)
+    "fp32": {"channels_last": False},
     "channels_last": {"channels_last": True},
     "bf16": {"autocast_bf16": True},
     "compile": {"compile": True},
@@ -156,9 +156,11 @@ def _load() -> str:
 
 def _module(args: argparse.Namespace, variant: str, algorithm: str) -> SGQNModule:
     torch.manual_seed(0)
-    options: dict[str, Any] = dict(VARIANTS.get(variant, {}))
+    speed: dict[str, Any] = {"channels_last": False, **VARIANTS.get(variant, {})}
     if variant == "reference":
-        options["subpixel_decoder"] = False  # the reference's literal upsample-then-conv decoder
+        speed["subpixel_decoder"] = False  # the reference's literal upsample-then-conv decoder
+    speed["tune_malloc"] = variant != "malloc"
+    options: dict[str, Any] = {"speed": SpeedOptions(**speed)}
     layers = args.layers
     if algorithm.startswith("drqv2"):  # DrQ-v2's own sizes (conf/drqv2.yaml): 4 conv layers, trunk 50
         layers, options["feature_dim"] = min(args.layers, 4), 50
@@ -167,7 +169,6 @@ def _module(args: argparse.Namespace, variant: str, algorithm: str) -> SGQNModul
         observation_shape=(9, args.size, args.size),
         action_dim=args.action_dim,
         num_conv_layers=layers,
-        tune_malloc=variant != "malloc",
         **options,
     )
     if module.uses_overlay:

@@ -13,7 +13,7 @@ import yaml
 from sgqn.cli import check_fit_args, cli_main
 from sgqn.data.stream import DMCDataModule
 from sgqn.envs import DEFAULT_ACTION_REPEAT, TASK_DEFAULTS, TASKS
-from sgqn.module import SGQNModule
+from sgqn.module import SGQNModule, SpeedOptions
 from sgqn.validation import ConfigError
 
 SMALL: dict = dict(
@@ -142,3 +142,17 @@ def test_data_seed_also_seeds_torch() -> None:
     cli, first = init("3")
     assert cli.config["seed_everything"] == 3 and torch.initial_seed() == 3
     assert torch.equal(init("3")[1], first) and not torch.equal(init("4")[1], first)
+
+
+def test_speed_switches_are_their_own_group(capsys: pytest.CaptureFixture) -> None:
+    config = resolved(capsys, "-c", str(CONF / "quickstart.yaml"), "--model.speed.channels_last", "false")
+    speed = config["model"]["speed"]
+    assert speed == {
+        "channels_last": False, "subpixel_decoder": True, "compile": False, "autocast_bf16": False,
+        "tune_malloc": True,
+    }  # fmt: skip
+    science = set(config["model"]) - {"speed"}
+    assert not science & set(speed)  # no speed switch among the science settings
+    module = SGQNModule(**SMALL, speed=SpeedOptions(channels_last=False))
+    assert module.hparams["speed"]["channels_last"] is False  # a plain dict: weights-only checkpoints
+    assert not SGQNModule(**SMALL, speed=module.hparams["speed"]).critic.encoder.channels_last

@@ -12,7 +12,7 @@ from tensordict import TensorDict
 
 from cli_helpers import fit_args, short_run
 from sgqn.cli import main
-from sgqn.module import SGQNModule
+from sgqn.module import SGQNModule, SpeedOptions
 from sgqn.nets import AttributionDecoder, Critic
 from sgqn.nets_drqv2 import DeterministicActor, DrQv2Encoder, linear_schedule, truncated_normal_sample
 from sgqn.objectives import SaliencyGuidance
@@ -103,7 +103,7 @@ def test_sgqn_guidance_on_drqv2_adds_exactly_its_consistency_term() -> None:
 def test_every_update_steps_critic_actor_and_target(algorithm: str) -> None:
     module = SGQNModule(
         algorithm=algorithm, observation_shape=(9, SIZE, SIZE), action_dim=A, num_conv_layers=2,
-        num_filters=8, feature_dim=16, hidden_dim=32, tune_malloc=False, task="cartpole_swingup",
+        num_filters=8, feature_dim=16, hidden_dim=32, speed=SpeedOptions(tune_malloc=False), task="cartpole_swingup",
     )  # fmt: skip
     if module.uses_overlay:
         module.set_overlay_images(torch.randint(0, 256, (4, 3, SIZE, SIZE), dtype=torch.uint8))

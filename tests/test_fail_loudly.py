@@ -32,7 +32,7 @@ from sgqn.guards import (
     nonfinite_message,
     process_alive,
 )
-from sgqn.module import SGQNModule
+from sgqn.module import SGQNModule, SpeedOptions
 from sgqn.objectives import SACLoss
 from sgqn.tracking import SGQNMLFlowLogger
 
@@ -137,7 +137,7 @@ def _module(**kwargs: Any) -> SGQNModule:
     torch.manual_seed(0)
     module = SGQNModule(
         "sac", (9, SIZE, SIZE), 2, num_conv_layers=2, num_filters=8, feature_dim=8, hidden_dim=16,
-        tune_malloc=False, **kwargs,
+        speed=SpeedOptions(tune_malloc=False), **kwargs,
     )  # fmt: skip
     return module
 

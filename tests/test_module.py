@@ -12,7 +12,7 @@ from tensordict import TensorDict
 from tensordict.nn import TensorDictModule
 from torch.utils.data import DataLoader
 
-from sgqn.module import SGQNModule
+from sgqn.module import SGQNModule, SpeedOptions
 from sgqn.objectives.reference import reference_update
 from sgqn.saliency import guided_backprop
 
@@ -24,7 +24,8 @@ SMALL = dict(
 
 def _module(algorithm: str = "sgqn", **kwargs: Any) -> SGQNModule:
     torch.manual_seed(0)
-    module = SGQNModule(algorithm=algorithm, **{**SMALL, "feature_dim": 16, "tune_malloc": False, **kwargs})
+    speed = SpeedOptions(tune_malloc=False, **kwargs.pop("speed", {}))
+    module = SGQNModule(algorithm=algorithm, **{**SMALL, "feature_dim": 16, "speed": speed, **kwargs})
     if module.uses_overlay:
         module.set_overlay_images(torch.randint(0, 256, (6, 3, SIZE, SIZE), dtype=torch.uint8))
     return module
@@ -201,7 +202,11 @@ def test_attribution_maps_has_no_optimizer_side_effects(algorithm: str) -> None:
 
 def test_channels_last_gives_the_same_update() -> None:
     batches = [_batch(seed=i) for i in range(2)]
-    plain, fast = _module("sgqn"), _module("sgqn", channels_last=True)
+    plain, fast = (
+        _module("sgqn", speed={"channels_last": False}),
+        _module("sgqn", speed={"channels_last": True}),
+    )
+    assert not plain.critic.encoder.channels_last and fast.critic.encoder.channels_last
     _fit(plain, batches, [_SeedEachBatch()])
     _fit(fast, batches, [_SeedEachBatch()])
     a, b = plain.state_dict(), fast.state_dict()
@@ -210,7 +215,7 @@ def test_channels_last_gives_the_same_update() -> None:
 
 
 def test_bf16_autocast_runs_and_keeps_fp32_losses() -> None:
-    module = _module("sgqn", autocast_bf16=True)
+    module = _module("sgqn", speed={"autocast_bf16": True})
     trainer = _fit(module, [_batch(seed=i) for i in range(2)])
     for key in ("train/loss_critic", "train/loss_attribution"):
         assert trainer.callback_metrics[key].dtype == torch.float32
@@ -219,7 +224,7 @@ def test_bf16_autocast_runs_and_keeps_fp32_losses() -> None:
 
 @pytest.mark.slow
 def test_compile_runs_with_manual_optimisation() -> None:
-    module = _module("sgqn", compile=True)
+    module = _module("sgqn", speed={"compile": True})
     before = _params(module)
     trainer = _fit(module, [_batch(seed=i) for i in range(2)])
     assert int(module.update_step) == 2 and torch.isfinite(trainer.callback_metrics["train/loss_attribution"])
@@ -232,7 +237,7 @@ def test_compile_runs_with_manual_optimisation() -> None:
 
 def test_setup_loads_the_overlay_images_when_none_were_injected() -> None:
     torch.manual_seed(0)
-    module = SGQNModule(algorithm="svea", **SMALL, feature_dim=16, tune_malloc=False)
+    module = SGQNModule(algorithm="svea", **SMALL, feature_dim=16, speed=SpeedOptions(tune_malloc=False))
     assert module.loss.guidance.overlay.images is None
     module.setup("fit")
     images = module.loss.guidance.overlay.images
@@ -271,7 +276,8 @@ def test_the_burst_steps_actor_target_and_predictor_as_the_reference(
 ) -> None:
     torch.manual_seed(0)
     module = _AtAgentSteps(
-        algorithm="sgqn", **{**SMALL, "feature_dim": 16, "tune_malloc": False, "update_schedule": schedule}
+        algorithm="sgqn",
+        **{**SMALL, "feature_dim": 16, "speed": SpeedOptions(tune_malloc=False), "update_schedule": schedule},
     )
     module.set_overlay_images(torch.randint(0, 256, (6, 3, SIZE, SIZE), dtype=torch.uint8))
     module.agent_steps = [4, 4, 4, 4, 5, 6, 7, 8]
@@ -303,7 +309,8 @@ def test_sgqn_masks_each_stacked_frame_for_any_frame_stack(frames: int) -> None:
     torch.manual_seed(0)
     shape = (3 * frames, SIZE, SIZE)
     module = SGQNModule(
-        algorithm="sgqn", **{**SMALL, "observation_shape": shape, "feature_dim": 16, "tune_malloc": False}
+        algorithm="sgqn",
+        **{**SMALL, "observation_shape": shape, "feature_dim": 16, "speed": SpeedOptions(tune_malloc=False)},
     )
     obs = torch.randint(0, 256, (4, *shape), dtype=torch.uint8).float()
     saliency = module.loss.guidance.saliency(obs, torch.rand(4, A))

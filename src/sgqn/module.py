@@ -17,6 +17,7 @@ import ctypes
 import logging
 import platform
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import lightning as L
@@ -45,6 +46,31 @@ ALGORITHMS: dict[str, tuple[str, str | None]] = {
 }
 OnNonFinite = Literal["stop", "skip"]
 UpdateSchedule = Literal["reference", "counted"]
+
+
+@dataclass(frozen=True)
+class SpeedOptions:
+    """Speed switches, kept apart from the science settings (`--model.speed.*`): none changes the maths
+    beyond float rounding, except `autocast_bf16` (noted).
+
+    Args:
+        channels_last: the encoder's convs in channels-last memory format (on: 11-23% faster per update on
+            the 2-core CPU, `benchmarks/update_step.py`).
+        subpixel_decoder: SGQN's attribution decoder's upsample + conv pairs in sub-pixel form: the same
+            parameters, function and gradients up to float rounding, ~4x faster on CPU (False = the
+            reference's literal upsample-then-conv).
+        compile: `torch.compile` the no-grad forwards (TD target, the actor step's conv features); the
+            target's policy noise then comes from inductor's RNG stream.
+        autocast_bf16: convs under CPU bf16 autocast; losses and optimizers stay fp32 (faster on CPUs with
+            native bf16 — AMX / AVX512-BF16 — and much slower on others; changes numerics).
+        tune_malloc: call `tune_cpu_malloc()` at setup (process-wide; large speed-up on CPU).
+    """
+
+    channels_last: bool = True
+    subpixel_decoder: bool = True
+    compile: bool = False
+    autocast_bf16: bool = False
+    tune_malloc: bool = True
 
 
 class _SkipUpdate(Exception):
@@ -135,9 +161,6 @@ class SGQNModule(L.LightningModule):
             `train/mask_full_frames` logs how often the all-ones case happens.
         decoder_channels: the attribution decoder's first feature map and hidden conv widths ((32, 128, 64)
             as the paper; smaller for CPU smoke configs, where the decoder would dominate the update).
-        subpixel_decoder: run the attribution decoder's upsample + conv pairs in sub-pixel form: the same
-            parameters, function and gradients up to float rounding, ~4× faster on CPU (False = the
-            reference's literal upsample-then-conv).
         svea_alpha: SVEA weight of the clean TD loss (0.5).
         svea_beta: SVEA weight of the overlay TD loss (0.5).
         stddev_init, stddev_final, stddev_steps: DrQ-v2's exploration σ, linear from `stddev_init` to
@@ -145,13 +168,7 @@ class SGQNModule(L.LightningModule):
             cheetah_run and walker_run).
         stddev_clip: DrQ-v2's clip of the target's and the actor step's noise (0.3).
         overlay_root: Places365 (or any image folder) for the overlay; None = the embedded images.
-        channels_last: the encoder's convs in channels-last memory format (speed, on by default: 11-23%
-            faster per update on the 2-core CPU, `benchmarks/update_step.py`; same maths up to float rounding).
-        autocast_bf16: convs under CPU bf16 autocast; losses and optimizers stay fp32 (speed on CPUs with
-            native bf16 — AMX / AVX512-BF16 — and much slower on others; changes numerics).
-        compile: `torch.compile` the no-grad forwards (TD target, the actor step's conv features): speed;
-            same maths (the target's policy noise comes from inductor's RNG stream instead).
-        tune_malloc: call `tune_cpu_malloc()` at setup (process-wide; large speed-up on CPU).
+        speed: the speed switches (`SpeedOptions`; as a dict when restored from a checkpoint).
         on_nonfinite: what a non-finite (NaN/inf) loss does: "stop" the run with `TrainingDiverged`
             naming the loss and the update (checked once per update, after it: the last good checkpoint
             is kept, none is written after); "skip": check each loss before its step and skip the rest of
@@ -191,7 +208,6 @@ class SGQNModule(L.LightningModule):
         mask_zero_ties: ZeroTies = "keep",
         update_schedule: UpdateSchedule = "reference",
         decoder_channels: tuple[int, int, int] = (32, 128, 64),
-        subpixel_decoder: bool = True,
         svea_alpha: float = 0.5,
         svea_beta: float = 0.5,
         stddev_init: float = 1.0,
@@ -199,10 +215,7 @@ class SGQNModule(L.LightningModule):
         stddev_steps: int = 100_000,
         stddev_clip: float = 0.3,
         overlay_root: str | None = None,
-        channels_last: bool = True,
-        autocast_bf16: bool = False,
-        compile: bool = False,
-        tune_malloc: bool = True,
+        speed: SpeedOptions = SpeedOptions(),
         on_nonfinite: OnNonFinite = "stop",
     ) -> None:
         super().__init__()
@@ -212,7 +225,12 @@ class SGQNModule(L.LightningModule):
             raise ValueError(f"update_schedule must be 'reference' or 'counted', not {update_schedule!r}")
         if on_nonfinite not in ("stop", "skip"):
             raise ValueError(f"on_nonfinite must be 'stop' or 'skip', not {on_nonfinite!r}")
+        if isinstance(speed, dict):  # restored from a checkpoint's hyper-parameters
+            speed = SpeedOptions(**speed)
         self.save_hyperparameters()
+        # Stored as a plain dict: checkpoints load with `weights_only=True`, which refuses custom classes.
+        self.hparams["speed"] = asdict(speed)
+        self.speed = speed
         self.automatic_optimization = False
         if quantile is None:
             from sgqn.envs.tasks import DEFAULT_QUANTILE
@@ -220,7 +238,7 @@ class SGQNModule(L.LightningModule):
             quantile = DEFAULT_QUANTILE.get(task or "", 0.95)
         self.quantile = float(quantile)  # the ρ in use (the hyper-parameter may be None: the task's)
         obs_shape = (int(observation_shape[0]), int(observation_shape[1]), int(observation_shape[2]))
-        fast = dict(channels_last=channels_last, autocast_bf16=autocast_bf16)
+        fast = dict(channels_last=speed.channels_last, autocast_bf16=speed.autocast_bf16)
         learner, guided_by = ALGORITHMS[algorithm]
         encoder: nn.Module
         actor: nn.Module
@@ -237,7 +255,7 @@ class SGQNModule(L.LightningModule):
         elif guided_by == "sgqn":
             widths = (int(decoder_channels[0]), int(decoder_channels[1]), int(decoder_channels[2]))
             decoder = AttributionDecoder(
-                action_dim, feature_dim, obs_shape, widths, subpixel=subpixel_decoder, **fast
+                action_dim, feature_dim, obs_shape, widths, subpixel=speed.subpixel_decoder, **fast
             )
             guidance = SaliencyGuidance(
                 critic,
@@ -280,7 +298,7 @@ class SGQNModule(L.LightningModule):
         # The latest value of each train/* metric since the last logged update: the actor's and the
         # predictor's run on some updates only, and a log point must show them all (checkpointed).
         self._unlogged: dict[str, Tensor] = {}
-        if compile:
+        if speed.compile:
             self._compile_pure_parts()
 
     # The networks live in the loss module (one copy in checkpoints: "loss.actor.*", "loss.critic.*").
@@ -306,7 +324,7 @@ class SGQNModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         hp: Any = self.hparams
-        if hp.tune_malloc and tune_cpu_malloc():
+        if self.speed.tune_malloc and tune_cpu_malloc():
             log.info("glibc malloc tuned: no mmap'd allocations, no trimming")
         overlay = self.loss.guidance.overlay_bank()
         if overlay is not None and overlay.images is None:
@@ -468,4 +486,4 @@ class SGQNModule(L.LightningModule):
         return {k: (v[0] if unbatched and v is not None else v) for k, v in out.items()}
 
 
-__all__ = ["Algorithm", "SGQNModule", "tune_cpu_malloc"]
+__all__ = ["ALGORITHMS", "Algorithm", "SGQNModule", "SpeedOptions", "tune_cpu_malloc"]

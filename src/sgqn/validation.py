@@ -254,7 +254,6 @@ ALGORITHM_SETTINGS: dict[str, tuple[str, ...]] = {
     "consistency_weight": _SGQN,
     "mask_zero_ties": _SGQN,
     "decoder_channels": _SGQN,
-    "subpixel_decoder": _SGQN,
     "svea_alpha": ("svea",),
     "svea_beta": ("svea",),
     "init_temperature": _SAC,
