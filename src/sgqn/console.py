@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import re
 import sys
@@ -22,6 +23,11 @@ SUBCOMMANDS: dict[str, str] = {
     "sweep": "run a grid of fit trials (algorithms x tasks x seeds) on Ray, locally or on a cluster",
     "report": "the paper's table (mean ± std over seeds per task, method, mode) and curves of a sweep",
 }
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """The argparse subcommands' help: defaults after every flag's help; the examples in the epilog keep
+    their line breaks."""
 
 
 def help_text() -> str:

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from sgqn.console import HelpFormatter
 from sgqn.evaluation import DEFAULT_MODES, EVAL_SEED_OFFSET, episode_returns, summarize
 
 log = logging.getLogger("sgqn.evaluation")
@@ -95,10 +96,6 @@ def log_tables_to_runs(
                 client.log_metric(run_id, f"final/{row['mode']}/return_mean", row["return_mean"])
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults after every flag's help; the examples in the epilog keep their line breaks."""
-
-
 def evaluate_parser() -> argparse.ArgumentParser:
     from sgqn.envs.names import DISTRACTING_CS_INTENSITIES, MODES
     from sgqn.tracking import default_tracking_uri
@@ -124,7 +121,7 @@ def evaluate_parser() -> argparse.ArgumentParser:
         prog="sgqn evaluate",
         description="Evaluate checkpoints in the train env and DMC-GB test modes; write results.{csv,md}\n"
         "and attach them (and final/<mode>/return_mean) to each checkpoint's MLflow run.",
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
         epilog="examples:\n"
         "  sgqn evaluate --run my-run-name --modes train video_hard --episodes 10\n"
         "  sgqn evaluate --run RUN_ID_SEED0 --run RUN_ID_SEED1 --experiment sgqn\n"

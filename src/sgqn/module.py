@@ -265,33 +265,21 @@ class SGQNModule(L.LightningModule):
                 zero_ties=mask_zero_ties,
                 aux_update_freq=aux_update_freq,
             )
+        shared: dict[str, Any] = dict(
+            discount=discount, critic_tau=critic_tau, shift_pad=shift_pad, guidance=guidance
+        )
         self.loss: ValueLearner
         if learner == "drqv2":
-            self.loss = DrQv2Loss(
-                actor,  # type: ignore[arg-type]
-                critic,
-                discount=discount,
-                critic_tau=critic_tau,
-                shift_pad=shift_pad,
-                stddev_init=stddev_init,
-                stddev_final=stddev_final,
-                stddev_steps=stddev_steps,
-                stddev_clip=stddev_clip,
-                guidance=guidance,
-            )
+            drqv2 = dict(stddev_init=stddev_init, stddev_final=stddev_final, stddev_steps=stddev_steps)
+            self.loss = DrQv2Loss(actor, critic, stddev_clip=stddev_clip, **drqv2, **shared)  # type: ignore[arg-type]
         else:
-            self.loss = SACLoss(
-                actor,  # type: ignore[arg-type]
-                critic,
-                discount=discount,
+            sac = dict(
                 init_temperature=init_temperature,
-                critic_tau=critic_tau,
                 encoder_tau=encoder_tau,
-                shift_pad=shift_pad,
                 actor_update_freq=actor_update_freq,
-                critic_target_update_freq=critic_target_update_freq,
-                guidance=guidance,
             )
+            sac["critic_target_update_freq"] = critic_target_update_freq
+            self.loss = SACLoss(actor, critic, **sac, **shared)  # type: ignore[arg-type]
         self.update_step: Tensor
         self.register_buffer("update_step", torch.zeros((), dtype=torch.long))
         self.skipped_updates = 0  # saved in checkpoints by `on_save_checkpoint` (not a buffer: old ones load)

@@ -232,6 +232,16 @@ class RecordRunId(Callback):
 CHECKPOINT_DIR_TAG = "checkpoint_dir"  # absolute path of the run's local checkpoint folder
 
 
+def experiment_ids(client: MlflowClient, experiment: str | None = None) -> list[str]:
+    """The id of the experiment named `experiment` (LookupError if none), or of every experiment."""
+    if experiment is None:
+        return [e.experiment_id for e in client.search_experiments()]
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        raise LookupError(f"no MLflow experiment named {experiment!r} at {client.tracking_uri}")
+    return [found.experiment_id]
+
+
 def resolve_run(client: MlflowClient, run: str, experiment: str | None = None) -> Run:
     """The MLflow run with id `run`, else the newest run named `run` (in `experiment`, or in any)."""
     from mlflow.exceptions import MlflowException
@@ -240,16 +250,11 @@ def resolve_run(client: MlflowClient, run: str, experiment: str | None = None) -
         return client.get_run(run)
     except MlflowException:
         pass  # not an id: look it up by name
-    if experiment is not None:
-        found = client.get_experiment_by_name(experiment)
-        if found is None:
-            raise LookupError(f"no MLflow experiment named {experiment!r} at {client.tracking_uri}")
-        experiment_ids = [found.experiment_id]
-    else:
-        experiment_ids = [e.experiment_id for e in client.search_experiments()]
     name = run.replace("'", "\\'")
     runs = client.search_runs(
-        experiment_ids, f"attributes.run_name = '{name}'", order_by=["attributes.start_time DESC"]
+        experiment_ids(client, experiment),
+        f"attributes.run_name = '{name}'",
+        order_by=["attributes.start_time DESC"],
     )
     if not runs:
         where = f"experiment {experiment!r}" if experiment else "any experiment"

@@ -11,16 +11,13 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from sgqn.console import HelpFormatter
 from sgqn.report.collect import Collection, collect_experiment, collect_sweep
 from sgqn.report.figures import DEFAULT_MODES, write_curves
 from sgqn.report.table import build_table, markdown, write_tables
 from sgqn.validation import ConfigError, did_you_mean
 
 ARTIFACT_DIR = "report"  # where the files go in the sweep's parent run
-
-
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults after every flag's help; the examples in the epilog keep their line breaks."""
 
 
 def report_parser() -> argparse.ArgumentParser:
@@ -32,7 +29,7 @@ def report_parser() -> argparse.ArgumentParser:
         "method and test mode) and learning curves of a sweep, or of every training run of an experiment,\n"
         "read from MLflow: table.md, table.csv, table.tex and curves_<task>.png. Incomplete trials\n"
         "(no run, failed, stopped early) are left out of the cells and listed under the table.",
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
         epilog="examples:\n"
         "  sgqn report --sweep cpu_mini\n"
         "  sgqn report --sweep 3f2a9c0d1e4b4c5a8e7f6a5b4c3d2e1f --modes train color_hard video_hard\n"

@@ -6,11 +6,8 @@ import argparse
 import shlex
 from collections.abc import Sequence
 
+from sgqn.console import HelpFormatter
 from sgqn.sweeps.spec import load_sweep, parse_overrides
-
-
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults after every flag's help; the examples in the epilog keep their line breaks."""
 
 
 def sweep_parser() -> argparse.ArgumentParser:
@@ -21,7 +18,7 @@ def sweep_parser() -> argparse.ArgumentParser:
         "Any other `--group.option value` is an `sgqn fit` option applied to every trial. Re-running the\n"
         "same command continues the sweep: finished trials are not re-run, unfinished ones resume from\n"
         "their last checkpoint. The table: `sgqn report --sweep <name>`.",
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
         epilog="examples:\n"
         "  sgqn sweep -c conf/sweep/cpu_mini.yaml\n"
         "  sgqn sweep -c conf/sweep/paper.yaml --address auto --tracking-uri http://head:5000\n"
@@ -79,12 +76,9 @@ def sweep_main(argv: Sequence[str]) -> None:
 
     args, rest = sweep_parser().parse_known_args(list(argv))
     spec = load_sweep(args.config, parse_overrides(rest))
-    if args.root is not None:
-        spec.root = args.root
-    if args.tracking_uri is not None:
-        spec.tracking_uri = args.tracking_uri
-    if args.max_failures is not None:
-        spec.max_failures = args.max_failures
+    for key in ("root", "tracking_uri", "max_failures"):  # the command line wins over the file
+        if getattr(args, key) is not None:
+            setattr(spec, key, getattr(args, key))
     if args.dry_run:
         from pathlib import Path
 

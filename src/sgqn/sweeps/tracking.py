@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from sgqn.tracking import git_commit
+from sgqn.tracking import experiment_ids, git_commit
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -74,13 +74,7 @@ def find_sweep(client: MlflowClient, sweep: str, experiment: str | None = None) 
             return run
     except MlflowException:
         pass  # not a run id: a sweep name
-    if experiment is not None:
-        found = client.get_experiment_by_name(experiment)
-        if found is None:
-            raise LookupError(f"no MLflow experiment named {experiment!r} at {client.tracking_uri}")
-        ids = [found.experiment_id]
-    else:
-        ids = [e.experiment_id for e in client.search_experiments()]
+    ids = experiment_ids(client, experiment)
     name = sweep.replace("'", "\\'")
     runs = client.search_runs(
         ids,
