@@ -126,8 +126,14 @@ def test_live_table_lists_every_trial() -> None:
     assert lines[3].split() == ["sgqn-x-s0", "PENDING", "-", "-", "-", "-"]
 
 
+def _env() -> dict[str, str]:
+    # In-process fits of earlier tests leave MLFLOW_TRACKING_URI set (mlflow.set_tracking_uri exports it).
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return env | {"PYTHONPATH": str(REPO / "tests"), "OMP_NUM_THREADS": "1"}
+
+
 def _sweep(folder: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    env = os.environ | {"PYTHONPATH": str(REPO / "tests"), "OMP_NUM_THREADS": "1"}
+    env = _env()
     command = [
         sys.executable,
         "-m",
@@ -192,7 +198,7 @@ def test_tiny_sweep_end_to_end_with_a_killed_worker(tmp_path: Path) -> None:
     # The paper's table from the sweep: 2 methods x 1 task, 2 seeds each, logged to the parent run.
     report = subprocess.run(
         [sys.executable, "-m", "sgqn", "report", "--sweep", "tiny", "--out", str(tmp_path / "report")],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert report.returncode == 0, report.stderr
     table = (tmp_path / "report" / "table.md").read_text()
