@@ -1,6 +1,8 @@
-"""`SGQNModule`: the SAC / SVEA / SGQN learner as a LightningModule with manual optimisation.
+"""`SGQNModule`: any algorithm of `sgqn.algorithms` (a value learner + a guidance) as a LightningModule
+with manual optimisation.
 
-One `training_step` pulls a batch and runs `update`, one agent update, in the reference order (SVEA / SGQN code bases):
+One `training_step` pulls a batch and runs `update`, one agent update in the learner's order
+(`sgqn.objectives.learner`); for SAC-based ones the reference order of the SVEA / SGQN code bases:
 
     augment → critic (+ SVEA overlay term | + SGQN consistency term) → [SGQN aux step: saliency of the
     updated critic] → [actor + temperature] → [target soft update] → [SGQN aux step: attribution predictor]
@@ -26,6 +28,7 @@ from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModule
 from torch import Tensor, nn
 
+from sgqn.algorithms import ALGORITHMS, Algorithm
 from sgqn.guards import TrainingDiverged, all_finite, check_action, check_weights, nonfinite_message
 from sgqn.nets import Actor, AttributionDecoder, Critic, Encoder
 from sgqn.nets_drqv2 import DeterministicActor, DrQv2Encoder
@@ -35,15 +38,6 @@ from sgqn.saliency import ZeroTies, attribution_mask, guided_backprop
 
 log = logging.getLogger(__name__)
 
-Algorithm = Literal["sac", "svea", "sgqn", "drqv2", "drqv2_sgqn"]
-# An algorithm = a value learner + a guidance plug-in (`sgqn.objectives.learner`).
-ALGORITHMS: dict[str, tuple[str, str | None]] = {
-    "sac": ("sac", None),
-    "svea": ("sac", "svea"),
-    "sgqn": ("sac", "sgqn"),
-    "drqv2": ("drqv2", None),
-    "drqv2_sgqn": ("drqv2", "sgqn"),
-}
 OnNonFinite = Literal["stop", "skip"]
 UpdateSchedule = Literal["reference", "counted"]
 
@@ -273,19 +267,22 @@ class SGQNModule(L.LightningModule):
             drqv2 = dict(stddev_init=stddev_init, stddev_final=stddev_final, stddev_steps=stddev_steps)
             self.loss = DrQv2Loss(actor, critic, stddev_clip=stddev_clip, **drqv2, **shared)  # type: ignore[arg-type]
         else:
-            sac = dict(
+            self.loss = SACLoss(
+                actor,  # type: ignore[arg-type]
+                critic,
                 init_temperature=init_temperature,
                 encoder_tau=encoder_tau,
                 actor_update_freq=actor_update_freq,
+                critic_target_update_freq=critic_target_update_freq,
+                **shared,
             )
-            sac["critic_target_update_freq"] = critic_target_update_freq
-            self.loss = SACLoss(actor, critic, **sac, **shared)  # type: ignore[arg-type]
         self.update_step: Tensor
         self.register_buffer("update_step", torch.zeros((), dtype=torch.long))
         self.skipped_updates = 0  # saved in checkpoints by `on_save_checkpoint` (not a buffer: old ones load)
         # The latest value of each train/* metric since the last logged update: the actor's and the
         # predictor's run on some updates only, and a log point must show them all (checkpointed).
         self._unlogged: dict[str, Tensor] = {}
+        self._optimizer_names: list[str] = []  # set by `configure_optimizers`
         if speed.compile:
             self._compile_pure_parts()
 
@@ -324,17 +321,15 @@ class SGQNModule(L.LightningModule):
         # Only the no-grad forwards: there inductor fuses each conv with its ReLU (~25% faster encoder
         # forward on CPU). Compiled training forwards/backwards measured no faster (the decoder slower),
         # and a compiled region would freeze the GuidedReLUs to the ordinary rule.
-        loss = self.loss
-        if hasattr(loss, "soft_target"):  # SAC's pure target (DrQ-v2's also records the agent step)
-            loss.soft_target = torch.compile(loss.soft_target, dynamic=False)
-        loss.conv_features = torch.compile(loss.conv_features, dynamic=False)  # type: ignore[method-assign]
+        for name in self.loss.compilable:  # each learner names its pure no-grad forwards
+            setattr(self.loss, name, torch.compile(getattr(self.loss, name), dynamic=False))
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         # One Adam per named group of the learner and the guidance, with that group's lr and β1 (e.g.
         # `critic_lr`, `critic_beta`); `_update` steps them by name.
         hp: Any = self.hparams
         groups = self.loss.all_param_groups()
-        self._optimizer_names = list(groups)
+        self._optimizer_names = list(groups)  # the order of `self.optimizers()`
         return [
             torch.optim.Adam(params, lr=hp[f"{prefix}_lr"], betas=(hp[f"{prefix}_beta"], 0.999))
             for params, prefix in groups.values()
@@ -402,8 +397,7 @@ class SGQNModule(L.LightningModule):
     def _update(self, batch: TensorDictBase, step: int, losses: dict[str, Tensor]) -> dict[str, Tensor]:
         """One agent update of the learner (its order: `sgqn.objectives.learner`), whose frequencies are
         keyed on `step`; returns its metrics."""
-        names = getattr(self, "_optimizer_names", None) or list(self.loss.all_param_groups())
-        optimizers = dict(zip(names, self.optimizers(), strict=True))  # type: ignore[arg-type]
+        optimizers = dict(zip(self._optimizer_names, self.optimizers(), strict=True))  # type: ignore[arg-type]
 
         def optimize(optimizer: str, name: str, loss: Tensor) -> None:
             self._optimize(optimizers[optimizer], loss, name, losses)
@@ -459,11 +453,9 @@ class SGQNModule(L.LightningModule):
         mask = attribution_mask(
             attribution, self.quantile, zero_ties=self.hparams.get("mask_zero_ties", "keep")
         )
-        prob = None
-        predict = getattr(self.loss.guidance, "predict", None)  # a guidance with an attribution predictor
-        if predict is not None:
-            with torch.no_grad():
-                prob = torch.sigmoid(predict(obs, action))
+        with torch.no_grad():
+            logits = self.loss.guidance.predict(obs, action)  # None without an attribution predictor
+        prob = None if logits is None else torch.sigmoid(logits)
         out = {
             "attribution": attribution,
             "mask": mask,
@@ -474,4 +466,4 @@ class SGQNModule(L.LightningModule):
         return {k: (v[0] if unbatched and v is not None else v) for k, v in out.items()}
 
 
-__all__ = ["ALGORITHMS", "Algorithm", "SGQNModule", "SpeedOptions", "tune_cpu_malloc"]
+__all__ = ["SGQNModule", "SpeedOptions", "tune_cpu_malloc"]

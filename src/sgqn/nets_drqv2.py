@@ -15,7 +15,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from sgqn.nets import Projection, mlp
+from sgqn.nets import Projection, conv_autocast, mlp
 from sgqn.saliency import GuidedReLU
 
 
@@ -63,7 +63,7 @@ class DrQv2Encoder(nn.Module):
         x = obs.float() / 255.0 - 0.5
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast_bf16):
+        with conv_autocast(self.autocast_bf16):
             h = self.convs(x)
         return h.float().flatten(1)
 

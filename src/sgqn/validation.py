@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from sgqn.algorithms import algorithms_with
 from sgqn.assets.clips import IMAGE_SUFFIXES
 from sgqn.assets.errors import DataSourceError
 from sgqn.assets.sources import PLACES_LAYOUT, DataSources
@@ -243,9 +244,9 @@ def _one_line(err: BaseException) -> str:
 
 # Settings that only one family of algorithms reads: giving them to another is a mistake (the value would
 # be silently ignored). Defaults are the module's; a value equal to the default is not "given".
-_SGQN = ("sgqn", "drqv2_sgqn")  # SGQN's saliency guidance, on SAC or on DrQ-v2
-_SAC = ("sac", "svea", "sgqn")  # the SAC learner
-_DRQV2 = ("drqv2", "drqv2_sgqn")
+_SGQN = algorithms_with(guidance="sgqn")  # SGQN's saliency guidance, on SAC or on DrQ-v2
+_SAC = algorithms_with(learner="sac")
+_DRQV2 = algorithms_with(learner="drqv2")
 ALGORITHM_SETTINGS: dict[str, tuple[str, ...]] = {
     "quantile": _SGQN,
     "aux_lr": _SGQN,

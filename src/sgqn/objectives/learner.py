@@ -58,6 +58,10 @@ class Guidance(nn.Module):
     def param_groups(self) -> ParamGroups:
         return {}
 
+    def predict(self, obs: Tensor, action: Tensor) -> Tensor | None:
+        """Logits of the attribution predictor's saliency mask, for a guidance that has one."""
+        return None
+
     def overlay_bank(self) -> Overlay | None:
         """The overlay augmentation (its natural-image bank), when the guidance uses one."""
         found = getattr(self, "overlay", None)  # a registered submodule of SVEA's / SGQN's guidance
@@ -77,6 +81,8 @@ class ValueLearner(LossModule):
     target_critic: nn.Module
     guidance: Guidance
     shift_pad: int
+    # Methods that are pure no-grad forwards, which `SpeedOptions.compile` may `torch.compile`.
+    compilable: tuple[str, ...] = ("conv_features",)
 
     @dataclass
     class _AcceptedKeys:

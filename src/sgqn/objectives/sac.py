@@ -58,6 +58,7 @@ class SACLoss(ValueLearner):
     actor: Actor
     critic: Critic
     target_critic: TargetCritic
+    compilable = ("soft_target", "conv_features")  # DrQ-v2's target also records the agent step: not pure
 
     def __init__(
         self,

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 from unittest import mock
 
+from sgqn.algorithms import ALGORITHMS
+from sgqn.envs.names import MODES
 from sgqn.sweeps.tracking import (
     KIND_SWEEP,
     KIND_TAG,
@@ -33,9 +35,8 @@ if TYPE_CHECKING:
     from mlflow.entities import Run
 
 EVAL_KEY = re.compile(r"eval/([^/]+)/return_mean")
-# The paper's column order (= `sgqn.envs.MODES`, not imported: it loads dm_control), then any other mode.
-MODE_ORDER = ("train", "color_easy", "color_hard", "video_easy", "video_hard", "distracting_cs")
-ALGORITHM_ORDER = ("sac", "svea", "sgqn")  # baselines first, as in the paper
+MODE_ORDER = MODES  # the paper's column order, then any other mode
+ALGORITHM_ORDER = tuple(ALGORITHMS)  # baselines first, as in the paper
 SETTING_KEYS = {"algorithm", "task", "seed"}  # override keys that are a trial's coordinates, not a variant
 
 

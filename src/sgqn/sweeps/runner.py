@@ -44,7 +44,7 @@ def absolute_tracking_uri(uri: str) -> str:
 def trial_config(
     spec: SweepSpec, trial: Trial, folder: Path, parent_run_id: str, uri: str, poll_s: float
 ) -> dict:
-    tags = {**child_tags(parent_run_id, spec.name, trial.name)}
+    tags = child_tags(parent_run_id, spec.name, trial.name)
     argv = trial.argv(folder)
     argv += [
         "--trainer.logger.init_args.experiment_name", spec.experiment_name,
@@ -66,7 +66,7 @@ def _trial_entry(config: dict[str, Any]) -> None:
     run_trial(config["spec"])
 
 
-def preflight(spec: SweepSpec, trials: list[Trial], folder: Path) -> None:
+def preflight(trials: list[Trial], folder: Path) -> None:
     """Every trial's `sgqn fit` options checked as `sgqn fit` checks them, before Ray or any MLflow run
     exists: a typo fails in seconds, not once per trial after the cluster has started. Seeds do not
     change what is valid, so one trial per distinct set of other options is checked."""
@@ -84,13 +84,13 @@ def preflight(spec: SweepSpec, trials: list[Trial], folder: Path) -> None:
             raise ConfigError(f"trial {trial.name}: {err}") from err
 
 
-def open_sweep(spec: SweepSpec, folder: Path, uri: str) -> tuple[str, bool]:
+def open_sweep(spec: SweepSpec, trials: list[Trial], folder: Path, uri: str) -> tuple[str, bool]:
     """The parent run of this sweep folder (continued), or a new one. Returns (run id, continued)."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
     state_file = folder / "sweep.json"
-    fingerprint = spec.fingerprint()
+    fingerprint = spec.fingerprint(trials)
     if state_file.exists():
         state = json.loads(state_file.read_text())
         if state["fingerprint"] != fingerprint:
@@ -100,15 +100,15 @@ def open_sweep(spec: SweepSpec, folder: Path, uri: str) -> tuple[str, bool]:
             )
         client.update_run(state["parent_run_id"], status="RUNNING")
         return state["parent_run_id"], True
-    trials = [t.record() for t in spec.trials()]
+    records = [t.record() for t in trials]
     params = {
         "sweep_name": spec.name,
-        "trials": len(trials),
+        "trials": len(records),
         "grid": json.dumps(spec.grid),
         "resources": json.dumps(spec.resources),
         "max_failures": spec.max_failures,
     }
-    run_id = create_parent_run(client, spec.experiment_name, spec.name, trials, spec.text, params)
+    run_id = create_parent_run(client, spec.experiment_name, spec.name, records, spec.text, params)
     folder.mkdir(parents=True, exist_ok=True)
     state_file.write_text(
         json.dumps({"fingerprint": fingerprint, "parent_run_id": run_id, "tracking_uri": uri})
@@ -139,8 +139,8 @@ def run_sweep(
             file=sys.stderr,
         )
     trials = spec.trials()
-    preflight(spec, trials, folder)
-    parent_run_id, continued = open_sweep(spec, folder, uri)
+    preflight(trials, folder)
+    parent_run_id, continued = open_sweep(spec, trials, folder, uri)
     configs = [trial_config(spec, t, folder / "runs" / t.name, parent_run_id, uri, poll_s) for t in trials]
     done_before = sum((Path(c["folder"]) / DONE).exists() for c in configs)
     print(

@@ -135,10 +135,10 @@ class SweepSpec:
             name, algorithm, task, seed, tuple(configs), tuple((k, _word(v)) for k, v in options.items())
         )
 
-    def fingerprint(self) -> str:
+    def fingerprint(self, trials: list[Trial] | None = None) -> str:
         """Changes when the set of trials or what they run changes (not with resources or retries)."""
-        trials = [(t.name, t.configs, t.options) for t in self.trials()]
-        return hashlib.sha256(json.dumps(trials).encode()).hexdigest()[:16]
+        key = [(t.name, t.configs, t.options) for t in (self.trials() if trials is None else trials)]
+        return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
 
 
 def _word(value: Any) -> str:

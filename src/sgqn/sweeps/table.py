@@ -10,11 +10,12 @@ from typing import Any, TextIO
 from ray.tune import Callback
 
 from sgqn.progress import format_duration
+from sgqn.report.collect import mode_order
 
 
 def format_table(name: str, rows: Sequence[dict[str, Any]], elapsed: float) -> str:
     """Rows: ``trial``, ``state``, ``agent_steps``, ``total_steps``, ``attempt`` and ``eval/<mode>/return_mean``."""
-    modes = sorted({k.split("/")[1] for r in rows for k in r if k.startswith("eval/")}, key=_mode_order)
+    modes = sorted({k.split("/")[1] for r in rows for k in r if k.startswith("eval/")}, key=mode_order)
     counts: dict[str, int] = {}
     for row in rows:
         counts[row["state"]] = counts.get(row["state"], 0) + 1
@@ -33,11 +34,6 @@ def format_table(name: str, rows: Sequence[dict[str, Any]], elapsed: float) -> s
         for line in [header, *lines]
     ]
     return "\n".join(text)
-
-
-def _mode_order(mode: str) -> tuple[int, str]:
-    order = ["train", "color_easy", "color_hard", "video_easy", "video_hard", "distracting_cs"]
-    return (order.index(mode) if mode in order else len(order), mode)
 
 
 class SweepTable(Callback):
