@@ -28,6 +28,7 @@ from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModule
 from torch import Tensor, nn
 
+from sgqn import devices
 from sgqn.algorithms import ALGORITHMS, Algorithm
 from sgqn.guards import TrainingDiverged, all_finite, check_action, check_weights, nonfinite_message
 from sgqn.nets import Actor, AttributionDecoder, Critic, Encoder
@@ -101,9 +102,13 @@ class _Policy(nn.Module):
 
     @torch.no_grad()
     def forward(self, pixels: Tensor) -> Tensor:
+        # The env's pixels go to wherever the live weights are now; the action comes back to the env.
         batch_shape = pixels.shape[:-3]
-        action = self._act(pixels.reshape(-1, *pixels.shape[-3:]).float(), self.deterministic)
-        check_action(action)  # the env copies it to the host anyway: the check's sync costs nothing extra
+        obs = devices.to_device(pixels.reshape(-1, *pixels.shape[-3:]), devices.module_device(self.actor))
+        action = self._act(obs.float(), self.deterministic)
+        if action.device != pixels.device:
+            action = devices.to_host(action).to(pixels.device)
+        check_action(action)  # on the host copy the env needs anyway: no extra device sync
         return action.reshape(*batch_shape, action.shape[-1])
 
 
@@ -305,7 +310,7 @@ class SGQNModule(L.LightningModule):
         """Inject the overlay image bank (uint8 `[N, 3, H, W]`) instead of loading it at setup."""
         overlay = self.loss.guidance.overlay_bank()
         if overlay is not None:
-            overlay.set_images(images)
+            overlay.set_images(images.to(devices.module_device(self)))  # sampled on-device every update
 
     def setup(self, stage: str) -> None:
         hp: Any = self.hparams
@@ -354,8 +359,9 @@ class SGQNModule(L.LightningModule):
         batch, _, _ = next(dataloader_iter)
         if batch is None:  # an agent step of the random warm-up: nothing to learn yet
             return
-        # Lightning moves a batch it hands in to the module's device; one pulled here is moved here.
-        self.update(self.trainer.strategy.batch_to_device(batch, dataloader_idx=0), self._env_steps())
+        # Lightning moves a batch it hands in to the module's device; one pulled here is moved here, in
+        # one asynchronous copy per field (the replay pins its batches when the module is on a GPU).
+        self.update(devices.to_device(batch, self.device), self._env_steps())
 
     def update(self, batch: TensorDictBase, agent_step: int | None = None) -> None:
         """One agent update on `batch`, run at `agent_step` (what `update_schedule="reference"` keys the
@@ -439,16 +445,18 @@ class SGQNModule(L.LightningModule):
             obs: uint8 (or float in [0, 255]) `[B, C, H, W]` or `[C, H, W]`.
             action: `[B, A]`; None → the deterministic policy's action.
 
-        Returns a dict of `[B, C, H, W]` tensors: "attribution" (guided backprop of Q1), "mask" (bool,
+        `obs` and `action` may be on the host: they are moved to the module's device and the maps
+        come back to the host. Returns a dict of `[B, C, H, W]` tensors: "attribution" (guided backprop of Q1), "mask" (bool,
         quantile ρ), "masked_obs" (obs · mask, zeros elsewhere), "predicted_mask" (bool, sigmoid > 0.5 of the
         attribution predictor; None without SGQN) and "predicted_prob" (its sigmoid; None without SGQN).
         """
         unbatched = obs.dim() == 3
-        obs = (obs[None] if unbatched else obs).float()
+        device = devices.module_device(self)
+        obs = devices.to_device(obs[None] if unbatched else obs, device).float()
         with torch.no_grad():
             if action is None:
                 action = self.loss.act(obs, deterministic=True)
-            action = action.reshape(obs.shape[0], -1).float()
+            action = devices.to_device(action.reshape(obs.shape[0], -1), device).float()
         attribution = guided_backprop(self.critic, obs, action)
         mask = attribution_mask(
             attribution, self.quantile, zero_ties=self.hparams.get("mask_zero_ties", "keep")
@@ -463,7 +471,9 @@ class SGQNModule(L.LightningModule):
             "predicted_mask": None if prob is None else prob > 0.5,
             "predicted_prob": prob,
         }
-        return {k: (v[0] if unbatched and v is not None else v) for k, v in out.items()}
+        # On the host, where pictures, videos and IoUs are made (GPU weights: one copy per map).
+        host = {k: None if v is None else devices.to_host(v) for k, v in out.items()}
+        return {k: (v[0] if unbatched and v is not None else v) for k, v in host.items()}
 
 
 __all__ = ["SGQNModule", "SpeedOptions", "tune_cpu_malloc"]

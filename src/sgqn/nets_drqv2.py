@@ -99,7 +99,9 @@ class DeterministicActor(nn.Module):
         return [*self.projection.parameters(), *self.trunk.parameters()]
 
 
-def truncated_normal_sample(mean: Tensor, std: float, clip: float | None, eps: float = 1e-6) -> Tensor:
+def truncated_normal_sample(
+    mean: Tensor, std: float | Tensor, clip: float | None, eps: float = 1e-6
+) -> Tensor:
     """DrQ-v2's `TruncatedNormal.sample`: mean + clamp(σ·ε, ±clip), clamped into (−1, 1) with a
     straight-through gradient (the clamp does not stop the gradient to the mean)."""
     noise = torch.randn_like(mean) * std

@@ -371,6 +371,8 @@ class FrameReplay:
             a restored buffer serves the n of its checkpoint.
         discount: γ used only to sum n-step rewards and as the base of `("next", "discount")`; the
             learner's own discount must match. Part of the checkpoint, like `n_step`.
+        pin_memory: sampled batches in page-locked memory (for a learner on a CUDA device; the storage
+            itself stays in pageable RAM or on disk).
     """
 
     def __init__(
@@ -386,8 +388,10 @@ class FrameReplay:
         spare_rows: int = 0,
         n_step: int = 1,
         discount: float = 0.99,
+        pin_memory: bool = False,
     ) -> None:
         slots = capacity + spare_rows
+        self.pin_memory = pin_memory
         self.storage_kind = storage
         store: LazyTensorStorage
         if storage == "memory":
@@ -437,7 +441,9 @@ class FrameReplay:
         self.sampler.rows_written = self.rows_written
 
     def sample(self) -> TensorDictBase:
-        return self.buffer.sample()
+        batch = self.buffer.sample()
+        # Page-locked when the learner is on a GPU, so its copy there is asynchronous.
+        return batch.pin_memory() if self.pin_memory else batch
 
     def __len__(self) -> int:
         return len(self.buffer)

@@ -30,6 +30,7 @@ from torchrl.envs import EnvBase, StepCounter
 
 from sgqn.assets.sources import DataSources
 from sgqn.data.replay import FrameReplay, default_replay_capacity
+from sgqn.devices import HOST
 from sgqn.envs import make_env
 from sgqn.envs.state import env_state, load_env_state
 
@@ -267,8 +268,12 @@ class DMCDataModule(L.LightningDataModule):
             data=DataSources(hp.dmcgb_root, hp.davis_root, hp.places_root),
         )
 
-    def build(self, policy: Callable[[TensorDictBase], TensorDictBase]) -> EnvStream:
-        """Collector and replay around `policy` (the module's exploration policy); resumes a loaded state."""
+    def build(
+        self, policy: Callable[[TensorDictBase], TensorDictBase], device: torch.device = HOST
+    ) -> EnvStream:
+        """Collector and replay around `policy` (the module's exploration policy), for a learner on
+        `device` (the replay stays on the host; its batches are pinned for a GPU); resumes a loaded
+        state."""
         hp: Any = self.hparams
         env = self.make_env()  # seeded: no `collector.set_seed`, whose env reset would desync its first obs
         env.append_transform(StepCounter())  # episode step → replay rows know where episodes start
@@ -302,6 +307,7 @@ class DMCDataModule(L.LightningDataModule):
             spare_rows=hp.replay_spare_rows if disk else 0,
             n_step=hp.n_step,
             discount=hp.discount,
+            pin_memory=device.type == "cuda",
         )
         self.stream = EnvStream(
             self.collector,
@@ -333,7 +339,7 @@ class DMCDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         module = self.trainer.lightning_module  # type: ignore[union-attr]
-        stream = self.build(module.policy_module(deterministic=False))  # type: ignore[operator]
+        stream = self.build(module.policy_module(deterministic=False), module.device)  # type: ignore[operator, arg-type]
         # Its own generator: creating a loader iterator draws a worker seed, from the global RNG otherwise,
         # which would shift every later draw of a resumed run (it restores the RNG before this).
         return DataLoader(

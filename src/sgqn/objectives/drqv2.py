@@ -71,6 +71,12 @@ class DrQv2Loss(ValueLearner):
     def stddev(self, agent_step: int) -> float:
         return linear_schedule(agent_step, self.stddev_init, self.stddev_final, self.stddev_steps)
 
+    def exploration_stddev(self) -> Tensor:
+        """`stddev(agent_step)` computed on the buffer's device (float64, the same value as the Python
+        float): acting on a GPU reads no step back to the host."""
+        mix = (self.agent_step.double() / self.stddev_steps).clamp(0.0, 1.0)
+        return (1.0 - mix) * self.stddev_init + mix * self.stddev_final
+
     def param_groups(self) -> ParamGroups:
         # DrQ-v2 steps its encoder and critic optimizers together on the critic loss; Adam is
         # per-parameter, so one optimizer over both (same lr and betas) is the same update.
@@ -82,11 +88,7 @@ class DrQv2Loss(ValueLearner):
     def act(self, obs: Tensor, deterministic: bool) -> Tensor:
         with torch.no_grad():
             mean = self.actor(obs)
-            return (
-                mean
-                if deterministic
-                else truncated_normal_sample(mean, self.stddev(int(self.agent_step)), None)
-            )
+            return mean if deterministic else truncated_normal_sample(mean, self.exploration_stddev(), None)
 
     def target_value(self, next_obs: Tensor, batch: TensorDictBase, due_at: int) -> Tensor:
         self.agent_step.fill_(due_at)

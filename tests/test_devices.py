@@ -1,0 +1,144 @@
+"""The device-moving paths without a GPU: the module on the `meta` device stands in for a CUDA one.
+
+Like CUDA, `meta` refuses to mix with CPU tensors in an op ("Tensor on device meta is not on the expected
+device cpu"), and it has no data, so any host sync (`.item()`, `bool(...)`) also fails. A tensor created on
+the host inside an update, an observation not moved to the weights, an action not brought back to the env:
+each raises here as it would on a GPU. Copies back to the host go through `sgqn.devices.to_host`, which
+the tests replace by zeros of the right shape (a meta tensor holds no values to copy).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from tensordict import TensorDict
+
+from sgqn import devices
+from sgqn.algorithms import ALGORITHMS
+from sgqn.data.replay import FrameReplay
+from sgqn.data.stream import DMCDataModule
+from sgqn.module import SGQNModule
+from sgqn.viz import saliency_grid
+from test_module import SIZE, _batch, _module
+
+META = torch.device("meta")
+
+
+@pytest.fixture
+def fake_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    def to_host(tensor: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(tensor.shape, dtype=tensor.dtype) if tensor.is_meta else tensor.cpu()
+
+    monkeypatch.setattr(devices, "to_host", to_host)
+
+
+def _on_meta(algorithm: str) -> SGQNModule:
+    return _module(algorithm).to(META)
+
+
+def _step_on(module: SGQNModule) -> Any:
+    """The module's named optimizers stepped as `SGQNModule._optimize` does (without its finite check,
+    the update's one deliberate host sync)."""
+    optimizers = module.configure_optimizers()
+    by_name = dict(zip(module._optimizer_names, optimizers, strict=True))
+    stepped: list[str] = []
+
+    def step(optimizer: str, name: str, loss: torch.Tensor) -> None:
+        assert loss.device == META, f"{name} was computed on {loss.device}"
+        by_name[optimizer].zero_grad(set_to_none=True)
+        loss.backward(inputs=[p for group in by_name[optimizer].param_groups for p in group["params"]])
+        by_name[optimizer].step()
+        stepped.append(name)
+
+    return step, stepped
+
+
+@pytest.mark.parametrize("algorithm", list(ALGORITHMS))
+def test_the_whole_update_runs_on_the_module_device_with_no_host_sync(algorithm: str) -> None:
+    module = _on_meta(algorithm)
+    step, stepped = _step_on(module)
+    batch = devices.to_device(_batch(), META)  # the replay's host batch, moved as training_step does
+    assert all(t.device == META for t in batch.values(include_nested=True, leaves_only=True))
+    for due_at in (0, 1):  # every frequency due, then only the critic's
+        metrics = module.loss.update(batch, due_at, step)
+        assert metrics and all(v.device in (META, devices.HOST) for v in metrics.values())
+    assert "loss_critic" in stepped and "loss_actor" in stepped
+    if ALGORITHMS[algorithm][1] == "sgqn":
+        assert "loss_attribution" in stepped
+    assert {p.device for p in module.parameters()} == {META}
+
+
+def test_overlay_images_set_after_the_move_land_on_the_module_device() -> None:
+    module = _on_meta("svea")
+    module.set_overlay_images(torch.randint(0, 256, (4, 3, SIZE, SIZE), dtype=torch.uint8))
+    overlay = module.loss.guidance.overlay_bank()
+    assert overlay is not None and overlay.images is not None and overlay.images.device == META
+
+
+@pytest.mark.parametrize("algorithm", ["sgqn", "drqv2"])
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_the_policy_moves_env_pixels_to_the_weights_and_actions_back(
+    fake_host: None, algorithm: str, deterministic: bool
+) -> None:
+    module = _on_meta(algorithm)
+    seen: list[torch.device] = []
+    module.actor.register_forward_pre_hook(lambda _, args: seen.append(args[0].device))
+    policy = module.policy_module(deterministic=deterministic)
+    pixels = torch.randint(0, 256, (3, 9, SIZE, SIZE), dtype=torch.uint8)
+    action = policy(TensorDict({"pixels": pixels}, batch_size=[3]))["action"]
+    assert seen == [META]  # the actor ran where its weights are
+    assert action.device == devices.HOST and action.shape == (3, 2)  # and the env got a host action
+
+
+def test_saliency_maps_from_device_weights_come_back_to_the_host(fake_host: None) -> None:
+    module = _on_meta("sgqn")
+    obs = torch.randint(0, 256, (2, 9, SIZE, SIZE), dtype=torch.uint8)
+    maps = module.attribution_maps(obs)
+    assert all(v is not None and v.device == devices.HOST for v in maps.values())
+    grid = saliency_grid(
+        obs.float(), maps["attribution"], maps["mask"], maps["masked_obs"], maps["predicted_prob"]
+    )
+    assert grid.ndim == 3 and grid.shape[-1] == 3
+
+
+def test_an_evaluation_rollout_with_device_weights(fake_host: None) -> None:
+    from sgqn.evaluation import run_episodes
+
+    dm = DMCDataModule(task="cartpole_balance", image_size=SIZE, render_quality="fast", seed=3)
+    module = _module("sgqn", observation_shape=dm.observation_shape, action_dim=dm.action_dim).to(META)
+    returns, rollout = run_episodes(dm.make_env(seed=7), module.policy_module(deterministic=True), 1)
+    assert len(returns) == 1 and rollout["action"].device == devices.HOST
+    assert rollout.shape[0] == 125  # a whole episode (1,000 physics steps at action repeat 8)
+
+
+def test_drqv2_exploration_stddev_on_device_equals_the_schedule() -> None:
+    loss: Any = _module("drqv2").loss
+    for step in (0, 1, 777, 50_000, 99_999, 100_000, 250_000):
+        loss.agent_step.fill_(step)
+        assert loss.exploration_stddev().item() == loss.stddev(step)
+        mean = torch.zeros(4, 2)
+        torch.manual_seed(5)
+        on_device = mean + torch.randn_like(mean) * loss.exploration_stddev()
+        torch.manual_seed(5)
+        as_float = mean + torch.randn_like(mean) * loss.stddev(step)
+        assert torch.equal(on_device, as_float)
+
+
+def test_the_replay_pins_its_batches_only_for_a_cuda_learner(monkeypatch: pytest.MonkeyPatch) -> None:
+    dm = DMCDataModule(
+        task="cartpole_balance", image_size=SIZE, num_env_steps=20, init_steps=10, batch_size=4
+    )
+    policy = _module("sac", observation_shape=dm.observation_shape, action_dim=dm.action_dim).policy_module(
+        False
+    )
+    dm.build(policy, torch.device("cuda"))  # no CUDA needed to build: the storage stays on the host
+    assert dm.replay is not None and dm.replay.pin_memory
+    pinned: list[int] = []
+    monkeypatch.setattr(TensorDict, "pin_memory", lambda self, *a, **k: pinned.append(1) or self)
+    stream = iter(dm.stream)  # type: ignore[arg-type]
+    batch = next(b for b in stream if b is not None)
+    assert pinned and batch.device in (None, devices.HOST)
+    assert not dm.build(policy, devices.HOST).replay.pin_memory  # type: ignore[union-attr]
+    assert not FrameReplay(16, 3, 2, (3, SIZE, SIZE), 1).pin_memory
