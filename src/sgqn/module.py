@@ -15,9 +15,11 @@ updates instead). Updates are counted by the `update_step` buffer (saved in chec
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import logging
 import platform
+import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -56,6 +58,14 @@ class SpeedOptions:
             reference's literal upsample-then-conv).
         compile: `torch.compile` the no-grad forwards (TD target, the actor step's conv features); the
             target's policy noise then comes from inductor's RNG stream.
+        compile_update: `torch.compile` every loss of the update (TD target, critic with SGQN's guided
+            attribution, mask and consistency, actor, α, the attribution predictor), each the learner's and
+            guidance's `compiled_losses`; the backward passes and Adam steps stay eager. SGQN's attribution
+            then takes a critic forward of its own with the ReLUs fixed to the guided rule (as the
+            reference's captum call) instead of sharing the critic loss's: the same values
+            (`tests/test_compile.py` pins compiled == eager). Random draws inside come from inductor's RNG.
+        compile_mode: `torch.compile`'s mode for `compile_update` (None: default; e.g.
+            "max-autotune-no-cudagraphs" on CPU, "reduce-overhead" for CUDA graphs on a GPU).
         autocast_bf16: convs under CPU bf16 autocast; losses and optimizers stay fp32 (faster on CPUs with
             native bf16 — AMX / AVX512-BF16 — and much slower on others; changes numerics).
         tune_malloc: call `tune_cpu_malloc()` at setup (process-wide; large speed-up on CPU).
@@ -64,6 +74,8 @@ class SpeedOptions:
     channels_last: bool = True
     subpixel_decoder: bool = True
     compile: bool = False
+    compile_update: bool = False
+    compile_mode: str | None = None
     autocast_bf16: bool = False
     tune_malloc: bool = True
 
@@ -91,25 +103,42 @@ def tune_cpu_malloc() -> bool:
 
 
 class _Policy(nn.Module):
-    """Pixels `[..., C, H, W]` (uint8 or float, any leading batch dims, or none) → action `[..., A]`."""
+    """Pixels `[..., C, H, W]` (uint8 or float, any leading batch dims, or none) → action `[..., A]`.
 
-    def __init__(self, learner: ValueLearner, deterministic: bool) -> None:
+    Acts with the learner's live actor, or with `actor`, a snapshot of it that `sync()` refreshes (an
+    overlapped collector acts in its own thread while the learner steps the live weights).
+    """
+
+    def __init__(self, learner: ValueLearner, deterministic: bool, actor: nn.Module | None = None) -> None:
         super().__init__()
-        # The actor is registered (TorchRL sees the live parameters a policy reads); the learner's `act`
-        # is referenced, not registered (a loss module is not a policy).
-        self.actor, self.deterministic = learner.actor, deterministic
-        self._act = learner.act
+        # The actor is registered (TorchRL sees the parameters a policy reads); the learner's `act` is
+        # referenced, not registered (a loss module is not a policy).
+        self.actor, self.deterministic = learner.actor if actor is None else actor, deterministic
+        self.snapshot = actor is not None
+        self._act, self._live = learner.act, learner.actor
+        self._lock = threading.Lock()  # a snapshot is not read while `sync` writes it
 
     @torch.no_grad()
     def forward(self, pixels: Tensor) -> Tensor:
-        # The env's pixels go to wherever the live weights are now; the action comes back to the env.
+        # The env's pixels go to wherever the weights are now; the action comes back to the env.
         batch_shape = pixels.shape[:-3]
         obs = devices.to_device(pixels.reshape(-1, *pixels.shape[-3:]), devices.module_device(self.actor))
-        action = self._act(obs.float(), self.deterministic)
+        with self._lock:
+            action = self._act(obs.float(), self.deterministic, self.actor if self.snapshot else None)
         if action.device != pixels.device:
             action = devices.to_host(action).to(pixels.device)
         check_action(action)  # on the host copy the env needs anyway: no extra device sync
         return action.reshape(*batch_shape, action.shape[-1])
+
+    @torch.no_grad()
+    def sync(self) -> None:
+        """Copy the live actor's weights into the snapshot (no-op for a live policy)."""
+        if self.snapshot:
+            with self._lock:
+                for mine, live in zip(
+                    self.actor.state_dict().values(), self._live.state_dict().values(), strict=True
+                ):
+                    mine.copy_(live, non_blocking=True)
 
 
 class SGQNModule(L.LightningModule):
@@ -288,7 +317,9 @@ class SGQNModule(L.LightningModule):
         # predictor's run on some updates only, and a log point must show them all (checkpointed).
         self._unlogged: dict[str, Tensor] = {}
         self._optimizer_names: list[str] = []  # set by `configure_optimizers`
-        if speed.compile:
+        if speed.compile_update:
+            self._compile_update(speed.compile_mode)
+        elif speed.compile:
             self._compile_pure_parts()
 
     # The networks live in the loss module (one copy in checkpoints: "loss.actor.*", "loss.critic.*").
@@ -328,6 +359,15 @@ class SGQNModule(L.LightningModule):
         # and a compiled region would freeze the GuidedReLUs to the ordinary rule.
         for name in self.loss.compilable:  # each learner names its pure no-grad forwards
             setattr(self.loss, name, torch.compile(getattr(self.loss, name), dynamic=False))
+
+    def _compile_update(self, mode: str | None) -> None:
+        # Each loss is compiled where it is defined (learner, guidance); the update's order, its due
+        # rules and the optimizer steps stay Python, so what is compiled is exactly what eager runs.
+        for owner in (self.loss, self.loss.guidance):
+            for name in owner.compiled_losses:
+                setattr(owner, name, torch.compile(getattr(owner, name), mode=mode, dynamic=False))
+        if isinstance(self.loss.guidance, SaliencyGuidance):
+            self.loss.guidance.separate_guided_forward = True
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         # One Adam per named group of the learner and the guidance, with that group's lr and β1 (e.g.
@@ -431,12 +471,16 @@ class SGQNModule(L.LightningModule):
 
     # ------------------------------------------------------------------ acting and inspection
 
-    def policy_module(self, deterministic: bool) -> TensorDictModule:
+    def policy_module(self, deterministic: bool, snapshot: bool = False) -> TensorDictModule:
         """TorchRL policy "pixels" → "action" sharing the actor's parameters (no grad).
 
-        Samples from the policy for exploration; tanh(mean) when `deterministic` (evaluation).
+        Samples from the policy for exploration; tanh(mean) when `deterministic` (evaluation). With
+        `snapshot`, it acts with a copy of the actor instead, refreshed by `policy.module.sync()` (for
+        collection overlapped with learning).
         """
-        return TensorDictModule(_Policy(self.loss, deterministic), in_keys=["pixels"], out_keys=["action"])
+        actor = copy.deepcopy(self.loss.actor).requires_grad_(False) if snapshot else None
+        policy = _Policy(self.loss, deterministic, actor)
+        return TensorDictModule(policy, in_keys=["pixels"], out_keys=["action"])
 
     def attribution_maps(self, obs: Tensor, action: Tensor | None = None) -> dict[str, Tensor | None]:
         """Saliency of the current critic for visualisation; no optimizer state or gradient is touched.

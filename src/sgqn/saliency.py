@@ -70,18 +70,61 @@ class _SwitchableReLU(torch.autograd.Function):
         return torch.ops.aten.threshold_backward(grad, out, 0), None
 
 
+class _GuidedReLUFunction(torch.autograd.Function):
+    """ReLU whose backward always follows the guided rule: no state, so `torch.compile` can trace it."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        out = torch.relu(x)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        (out,) = ctx.saved_tensors
+        return torch.ops.aten.threshold_backward(grad.clamp(min=0), out, 0)
+
+
 class GuidedReLU(nn.ReLU):
     """`nn.ReLU` (so captum and hooks still see a ReLU) whose backward may follow the guided rule.
 
-    Only forwards recorded under a `GuidedRule` can: every other forward (no-grad, compiled, the actor's,
-    the critic's ordinary ones) is the plain ReLU, the same function and gradient.
+    Only forwards recorded under a `GuidedRule` can, or every forward inside `guided_forwards(net)` (the
+    compile-friendly form: the rule is fixed when the forward runs, so the attribution takes a forward of
+    its own); every other forward (no-grad, the actor's, the critic's ordinary ones) is the plain ReLU,
+    the same function and gradient.
     """
 
+    guided_forward = False  # set by `guided_forwards`; `torch.compile` guards on it (one graph per value)
+
     def forward(self, x: Tensor) -> Tensor:
+        if not torch.is_grad_enabled():
+            return F.relu(x)
+        if self.guided_forward:
+            return _GuidedReLUFunction.apply(x)
+        if torch.compiler.is_compiling():  # checked before the context variable, which dynamo cannot read
+            return F.relu(x)
         rule = _RECORDING.get()
-        if rule is None or not torch.is_grad_enabled() or torch.compiler.is_compiling():
+        if rule is None:
             return F.relu(x)
         return _SwitchableReLU.apply(x, rule)
+
+
+@contextlib.contextmanager
+def guided_forwards(net: nn.Module) -> Iterator[None]:
+    """Forwards of `net` run inside back-propagate through its `GuidedReLU`s by the guided rule.
+
+    The traceable counterpart of `GuidedRule` (a flag on the modules, read when the forward runs, that a
+    compiled graph guards on): the attribution then needs its own forward, as the reference's captum
+    call has. Not for networks that another thread runs meanwhile.
+    """
+    relus = [m for m in net.modules() if isinstance(m, GuidedReLU)]
+    for m in relus:
+        m.guided_forward = True
+    try:
+        yield
+    finally:
+        for m in relus:
+            m.guided_forward = False
 
 
 def guided_grad(q1: Tensor, obs: Tensor, rule: GuidedRule, retain_graph: bool = False) -> Tensor:
@@ -118,12 +161,20 @@ def quantile_threshold(x: Tensor, q: float) -> Tensor:
     The rank is computed in `x`'s dtype, as `torch.quantile` does.
     """
     n = x.shape[-1]
-    rank = torch.tensor(q, dtype=x.dtype) * (n - 1)
-    below_rank = int(rank.floor())
+    below_rank, weight = _quantile_rank(q, n, x.dtype)
     top = torch.topk(x, n - below_rank, dim=-1, sorted=False).values
     below = top.amin(dim=-1)
     above = torch.topk(top, 2, dim=-1, largest=False).values[..., 1] if top.shape[-1] > 1 else below
-    return torch.lerp(below, above, (rank - below_rank).to(x.device))
+    return torch.lerp(below, above, weight)
+
+
+@torch.compiler.assume_constant_result  # a compiled graph bakes it in instead of breaking at `int()`
+def _quantile_rank(q: float, n: int, dtype: torch.dtype) -> tuple[int, float]:
+    """⌊q·(n−1)⌋ and the interpolation weight, computed in `dtype` as `torch.quantile` does (the
+    weight is exact as a Python float, so `lerp` gets the same value)."""
+    rank = torch.tensor(q, dtype=dtype) * (n - 1)
+    below_rank = int(rank.floor())
+    return below_rank, float(rank - below_rank)
 
 
 ZeroTies = Literal["keep", "drop"]
@@ -178,6 +229,7 @@ __all__ = [
     "attribution_mask",
     "full_mask_fraction",
     "guided_backprop",
+    "guided_forwards",
     "guided_grad",
     "masked_observation",
     "quantile_threshold",

@@ -15,6 +15,9 @@ training step pulls its batch itself (`SGQNModule.training_step`) rather than Li
 
 from __future__ import annotations
 
+import contextlib
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -32,6 +35,7 @@ from sgqn.assets.sources import DataSources
 from sgqn.data.replay import FrameReplay, default_replay_capacity
 from sgqn.devices import HOST
 from sgqn.envs import make_env
+from sgqn.envs.render import release_gl_context
 from sgqn.envs.state import env_state, load_env_state
 
 
@@ -81,12 +85,24 @@ class EnvStream(IterableDataset):
         update_every_steps: int = 1,
         burst: bool = True,
         fps_window: int = 100,
+        overlap: bool = False,
+        policy_sync_every: int = 1,
+        sync_policy: Callable[[], None] | None = None,
     ) -> None:
         self.collector, self.replay = collector, replay
         self.num_env_steps, self.init_steps = num_env_steps, init_steps
         self.updates_per_step, self.stats, self.fps_window = updates_per_step, stats, fps_window
         self.update_every_steps, self.burst = update_every_steps, burst
         self.pending = 0  # batches due at the latest step and not yet yielded
+        # Overlapped collection: a thread steps the collector (acting with a policy snapshot that
+        # `sync_policy` refreshes every `policy_sync_every` updates) one agent step ahead of learning.
+        self.overlap, self.policy_sync_every = overlap, policy_sync_every
+        self.sync_policy = sync_policy
+        self.prefetched: list[TensorDictBase] = []  # collected, not yet in the replay (checkpointed)
+        self._queue: queue.Queue[TensorDictBase] = queue.Queue(maxsize=1)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
 
     def _record(self, transitions: TensorDictBase) -> None:
         stats = self.stats
@@ -107,16 +123,76 @@ class EnvStream(IterableDataset):
             stats._window_start, stats._window_steps = now, 0
 
     def _sample(self) -> TensorDictBase:
+        # Called when the previous update has finished: the collector's snapshot may take its weights.
+        if self.overlap and self.sync_policy is not None and self.stats.updates % self.policy_sync_every == 0:
+            self.sync_policy()
         self.pending -= 1
         self.stats.updates += 1
         return self.replay.sample()
+
+    # ------------------------------------------------------------------ overlapped collection
+
+    def _produce(self) -> None:
+        try:
+            for transitions in self.collector:
+                self._queue.put(transitions)  # waits while the learner has not taken the previous step
+                if self._stop.is_set():
+                    return
+        except BaseException as error:  # raised again in the learner's thread
+            self._error = error
+            self._queue.put(TensorDict())  # wakes the consumer
+        finally:
+            release_gl_context()  # the env's renderer goes back to whichever thread steps it next
+
+    def _transitions(self) -> Iterator[TensorDictBase]:
+        """The collector's agent steps: stepped here, or taken from the collecting thread."""
+        if not self.overlap:
+            yield from self.collector
+            return
+        while True:
+            if self.prefetched:  # steps collected before a `pause` (a checkpoint) and not yet learned from
+                yield self.prefetched.pop(0)
+                continue
+            if self._thread is None:  # first step, or after a `pause`
+                release_gl_context()  # the train env rendered here (its reset): hand it to the thread
+                self._stop.clear()
+                self._thread = threading.Thread(target=self._produce, name="sgqn-collector", daemon=True)
+                self._thread.start()
+            transitions = self._queue.get()
+            if self._error is not None:
+                raise self._error
+            yield transitions
+
+    def pause(self) -> None:
+        """Stop the collecting thread after its current step; the steps it collected and the learner has
+        not taken yet are kept in `prefetched` (a checkpoint then sees a consistent env and collector)."""
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        self._stop.set()
+        while thread.is_alive() or not self._queue.empty():
+            with contextlib.suppress(queue.Empty):  # (the thread may be mid-step: wait for its put)
+                item = self._queue.get(timeout=0.1)
+                if self._error is None:
+                    self.prefetched.append(item)
+        thread.join()
+
+    # ------------------------------------------------------------------ iteration
 
     def __iter__(self) -> Iterator[TensorDictBase | None]:
         while self.pending > 0:  # updates still due at the step a resumed run stopped at
             yield self._sample()
         if self.stats.env_steps >= self.num_env_steps:
             return
-        for transitions in self.collector:
+        try:
+            yield from self._steps()
+        finally:
+            self.pause()
+
+    def _steps(self) -> Iterator[TensorDictBase | None]:
+        for transitions in self._transitions():
+            if self.stats.env_steps >= self.num_env_steps:
+                return  # an overlapped step collected past the end of the run
             transitions = transitions.reshape(-1)
             self.replay.extend(transitions)
             before = self.stats.env_steps
@@ -135,10 +211,15 @@ class EnvStream(IterableDataset):
                 return
 
     def state_dict(self) -> dict[str, Any]:
-        return {"pending": self.pending}
+        self.pause()  # restarted by the next iteration; nothing is lost
+        prefetched = [{"data": t.to_dict(), "batch_size": list(t.batch_size)} for t in self.prefetched]
+        return {"pending": self.pending, "prefetched": prefetched}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.pending = state["pending"]
+        self.prefetched = [
+            TensorDict(t["data"], batch_size=t["batch_size"]) for t in state.get("prefetched", [])
+        ]
 
 
 def collector_state(collector: Collector) -> dict[str, Any]:
@@ -198,6 +279,13 @@ class DMCDataModule(L.LightningDataModule):
         discount: γ used only to sum n-step rewards (the learner's own discount must match).
         frames_per_batch: agent steps per collector iteration (1 keeps the reference's
             one-update-per-step interleaving exact).
+        overlap_collection: step the env in a thread, one agent step ahead of learning, with a snapshot
+            of the actor refreshed every `policy_sync_every` updates, so rendering and physics run while
+            the update does (default off: the reference acts with the weights of the latest update,
+            one env step per update). The policy then lags the learner by up to `policy_sync_every`
+            updates plus the step in flight; exploration noise is drawn in the collecting thread, so
+            runs are not bit-reproducible and a resume continues the run without being exact.
+        policy_sync_every: updates between refreshes of the overlapped collector's actor snapshot.
         dmcgb_root: a DMC-GB data folder (`color_*.pt`, `video_easy/`, `video_hard/`) for the test
             modes; ``None`` = the embedded default (see docs/data.md).
         davis_root: a DAVIS 2017 folder (`JPEGImages/480p/<video>/`) for ``distracting_cs``.
@@ -225,6 +313,8 @@ class DMCDataModule(L.LightningDataModule):
         n_step: int = 1,
         discount: float = 0.99,
         frames_per_batch: int = 1,
+        overlap_collection: bool = False,
+        policy_sync_every: int = 1,
         dmcgb_root: str | None = None,
         davis_root: str | None = None,
         places_root: str | None = None,
@@ -269,7 +359,10 @@ class DMCDataModule(L.LightningDataModule):
         )
 
     def build(
-        self, policy: Callable[[TensorDictBase], TensorDictBase], device: torch.device = HOST
+        self,
+        policy: Callable[[TensorDictBase], TensorDictBase],
+        device: torch.device = HOST,
+        sync_policy: Callable[[], None] | None = None,
     ) -> EnvStream:
         """Collector and replay around `policy` (the module's exploration policy), for a learner on
         `device` (the replay stays on the host; its batches are pinned for a GPU); resumes a loaded
@@ -318,6 +411,9 @@ class DMCDataModule(L.LightningDataModule):
             stats=self.stats,
             update_every_steps=hp.get("update_every_steps", 1),
             burst=hp.get("warmup_burst", True),
+            overlap=hp.get("overlap_collection", False),
+            policy_sync_every=hp.get("policy_sync_every", 1),
+            sync_policy=sync_policy,
         )
         if resume is not None and "replay" in resume:
             self._restore(resume)
@@ -339,7 +435,9 @@ class DMCDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         module = self.trainer.lightning_module  # type: ignore[union-attr]
-        stream = self.build(module.policy_module(deterministic=False), module.device)  # type: ignore[operator, arg-type]
+        overlap = self.hparams.get("overlap_collection", False)
+        policy = module.policy_module(deterministic=False, snapshot=overlap)  # type: ignore[operator]
+        stream = self.build(policy, module.device, policy.module.sync)  # type: ignore[arg-type]
         # Its own generator: creating a loader iterator draws a worker seed, from the global RNG otherwise,
         # which would shift every later draw of a resumed run (it restores the RNG before this).
         return DataLoader(
@@ -347,6 +445,8 @@ class DMCDataModule(L.LightningDataModule):
         )
 
     def teardown(self, stage: str) -> None:
+        if self.stream is not None:
+            self.stream.pause()
         if self.collector is not None:
             self.collector.shutdown()
             self.collector = None
@@ -359,6 +459,8 @@ class DMCDataModule(L.LightningDataModule):
         state: dict[str, Any] = {
             "stats": {k: v for k, v in vars(self.stats).items() if not k.startswith("_")}
         }
+        if self.stream is not None:
+            self.stream.pause()  # an overlapped collector stops first: env and collector stay as saved
         if self.stream is None or self.collector is None or self.replay is None:
             if self._resume is not None:  # loaded, not built yet: carry the state over
                 state |= {k: v for k, v in self._resume.items() if k != "stats"}

@@ -51,6 +51,34 @@ def select_gl_backend() -> str:
     raise RuntimeError(_DEBIAN_HINT.format(tried=", ".join(_CANDIDATES)))
 
 
+def release_gl_context() -> None:
+    """Unbind the MuJoCo OpenGL context current on the calling thread, so another thread can render with it.
+
+    dm_control's EGL renderer keeps a context current on the thread that last rendered with it and refuses
+    to render with it from another thread: an env stepped by a collecting thread (overlapped collection)
+    is handed over with this, on the thread that gives it up. A no-op when the thread holds none; only
+    EGL (the default here) is supported.
+    """
+    if "dm_control._render.base" not in sys.modules:
+        return  # nothing rendered yet in this process
+    import threading
+
+    from dm_control._render import base
+
+    thread = threading.current_thread()
+    context = base._CURRENT_CONTEXT_FOR_THREAD.get(thread)
+    if context is None:
+        return
+    if os.environ.get("MUJOCO_GL") != "egl":
+        raise RuntimeError("handing an env to another thread (overlap_collection) needs MUJOCO_GL=egl")
+    from dm_control._render.pyopengl import egl_renderer
+    from OpenGL import EGL
+
+    EGL.eglMakeCurrent(egl_renderer.EGL_DISPLAY, EGL.EGL_NO_SURFACE, EGL.EGL_NO_SURFACE, EGL.EGL_NO_CONTEXT)
+    del base._CURRENT_THREAD_FOR_CONTEXT[context]
+    del base._CURRENT_CONTEXT_FOR_THREAD[thread]
+
+
 @dataclass(frozen=True)
 class RenderQuality:
     """MuJoCo visual-quality settings applied to a model before its first render.

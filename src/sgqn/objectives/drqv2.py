@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 from tensordict import TensorDictBase
-from torch import Tensor
+from torch import Tensor, nn
 
 from sgqn.nets import Critic
 from sgqn.nets_drqv2 import DeterministicActor, linear_schedule, truncated_normal_sample
@@ -85,9 +85,9 @@ class DrQv2Loss(ValueLearner):
             "actor": (list[Tensor](self.actor.own_parameters()), "actor"),
         }
 
-    def act(self, obs: Tensor, deterministic: bool) -> Tensor:
+    def act(self, obs: Tensor, deterministic: bool, actor: nn.Module | None = None) -> Tensor:
         with torch.no_grad():
-            mean = self.actor(obs)
+            mean = (self.actor if actor is None else actor)(obs)
             return mean if deterministic else truncated_normal_sample(mean, self.exploration_stddev(), None)
 
     def target_value(self, next_obs: Tensor, batch: TensorDictBase, due_at: int) -> Tensor:

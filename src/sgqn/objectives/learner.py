@@ -55,6 +55,10 @@ class Guidance(nn.Module):
         """The guidance's own optimisation steps, after the learner's (SGQN: the attribution predictor)."""
         return {}
 
+    # Methods computing a loss (or a no-grad target) from tensors, which `SpeedOptions.compile_update`
+    # compiles; none may step an optimizer.
+    compiled_losses: tuple[str, ...] = ()
+
     def param_groups(self) -> ParamGroups:
         return {}
 
@@ -83,6 +87,8 @@ class ValueLearner(LossModule):
     shift_pad: int
     # Methods that are pure no-grad forwards, which `SpeedOptions.compile` may `torch.compile`.
     compilable: tuple[str, ...] = ("conv_features",)
+    # The losses `SpeedOptions.compile_update` compiles (see `Guidance.compiled_losses`).
+    compiled_losses: tuple[str, ...] = ("conv_features", "critic_loss")
 
     @dataclass
     class _AcceptedKeys:
@@ -104,9 +110,9 @@ class ValueLearner(LossModule):
     def actor_step(self, features: Tensor, step: Step, due_at: int) -> Metrics:
         raise NotImplementedError
 
-    def act(self, obs: Tensor, deterministic: bool) -> Tensor:
+    def act(self, obs: Tensor, deterministic: bool, actor: nn.Module | None = None) -> Tensor:
         """Actions for float observations `[B, C, H, W]` (no grad): the policy's mode, or an exploratory
-        sample."""
+        sample; of `actor` (a copy of `self.actor`, e.g. an overlapped collector's) instead if given."""
         raise NotImplementedError
 
     def actor_due(self, due_at: int) -> bool:

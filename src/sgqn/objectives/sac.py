@@ -59,6 +59,7 @@ class SACLoss(ValueLearner):
     critic: Critic
     target_critic: TargetCritic
     compilable = ("soft_target", "conv_features")  # DrQ-v2's target also records the agent step: not pure
+    compiled_losses = ("soft_target", "conv_features", "critic_loss", "actor_loss", "alpha_loss")
 
     def __init__(
         self,
@@ -88,9 +89,9 @@ class SACLoss(ValueLearner):
     def alpha(self) -> Tensor:
         return self.log_alpha.exp()
 
-    def act(self, obs: Tensor, deterministic: bool) -> Tensor:
+    def act(self, obs: Tensor, deterministic: bool, actor: nn.Module | None = None) -> Tensor:
         with torch.no_grad():
-            mean, log_std = self.actor(obs)
+            mean, log_std = (self.actor if actor is None else actor)(obs)
             return torch.tanh(mean) if deterministic else squashed_gaussian_sample(mean, log_std)[0]
 
     def actor_due(self, due_at: int) -> bool:

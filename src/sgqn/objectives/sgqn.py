@@ -30,6 +30,7 @@ from sgqn.saliency import (
     ZeroTies,
     attribution_mask,
     full_mask_fraction,
+    guided_forwards,
     guided_grad,
     masked_observation,
 )
@@ -69,6 +70,8 @@ class SaliencyGuidance(Guidance):
             multiple of this (2).
     """
 
+    compiled_losses = ("saliency", "attribution_loss")
+
     def __init__(
         self,
         critic: Critic,
@@ -87,6 +90,9 @@ class SaliencyGuidance(Guidance):
         self.zero_ties: ZeroTies = zero_ties
         self.overlay = Overlay(overlay_images, overlay_alpha)
         self.aux_update_freq = aux_update_freq
+        # True: the attribution takes its own critic forward (`guided_forwards`) instead of sharing the
+        # critic loss's (`GuidedRule`); set for a compiled update, which cannot switch a rule mid-graph.
+        self.separate_guided_forward = False
 
     # ------------------------------------------------------------------ the plug-in hooks
 
@@ -135,12 +141,27 @@ class SaliencyGuidance(Guidance):
         forward); otherwise the graph is freed after the attribution.
         """
         obs = obs.detach().requires_grad_()
+        if self.separate_guided_forward:
+            return self._saliency_two_forwards(obs, action, keep_graph)
         rule = GuidedRule()  # the guided rule applies to this forward's backward only
         with torch.enable_grad():
             with rule.recording():
                 features = self.critic.encoder(obs)
                 q1, q2 = self.critic.heads(features, action.detach())
             attribution = guided_grad(q1, obs, rule, retain_graph=keep_graph)
+        mask = attribution_mask(attribution, self.quantile, self.frames, self.zero_ties)
+        return Saliency(attribution, mask, q1, q2, features)
+
+    def _saliency_two_forwards(self, obs: Tensor, action: Tensor, keep_graph: bool) -> Saliency:
+        """`saliency` with a forward of its own for the attribution (ReLUs fixed to the guided rule, as the
+        reference's captum call): the same values, traceable by `torch.compile`."""
+        with torch.enable_grad():
+            with guided_forwards(self.critic):
+                guided_q1, _ = self.critic.heads(self.critic.encoder(obs), action.detach())
+            (attribution,) = torch.autograd.grad(guided_q1.sum(), obs)
+        with torch.set_grad_enabled(keep_graph and torch.is_grad_enabled()):
+            features = self.critic.encoder(obs)
+            q1, q2 = self.critic.heads(features, action.detach())
         mask = attribution_mask(attribution, self.quantile, self.frames, self.zero_ties)
         return Saliency(attribution, mask, q1, q2, features)
 
