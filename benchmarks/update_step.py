@@ -45,6 +45,7 @@ VARIANTS: dict[str, dict[str, bool]] = {  # `SpeedOptions` fields (everything el
     "compile": {"compile": True},
     "cl+compile": {"channels_last": True, "compile": True},
     "all": {"channels_last": True, "autocast_bf16": True, "compile": True},
+    "compile_update": {"channels_last": True, "compile_update": True},  # every loss compiled
 }
 
 

@@ -148,8 +148,8 @@ def test_speed_switches_are_their_own_group(capsys: pytest.CaptureFixture) -> No
     config = resolved(capsys, "-c", str(CONF / "quickstart.yaml"), "--model.speed.channels_last", "false")
     speed = config["model"]["speed"]
     assert speed == {
-        "channels_last": False, "subpixel_decoder": True, "compile": False, "autocast_bf16": False,
-        "tune_malloc": True,
+        "channels_last": False, "subpixel_decoder": True, "compile": False, "compile_update": False,
+        "compile_mode": None, "autocast_bf16": False, "tune_malloc": True,
     }  # fmt: skip
     science = set(config["model"]) - {"speed"}
     assert not science & set(speed)  # no speed switch among the science settings

@@ -435,9 +435,14 @@ class DMCDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         module = self.trainer.lightning_module  # type: ignore[union-attr]
-        overlap = self.hparams.get("overlap_collection", False)
-        policy = module.policy_module(deterministic=False, snapshot=overlap)  # type: ignore[operator]
-        stream = self.build(policy, module.device, policy.module.sync)  # type: ignore[arg-type]
+        if self.hparams.get("overlap_collection", False):  # a snapshot of the actor, synced by the stream
+            policy = module.policy_module(deterministic=False, snapshot=True)  # type: ignore[operator]
+            return self._loader(self.build(policy, module.device, policy.module.sync))  # type: ignore[arg-type]
+        policy = module.policy_module(deterministic=False)  # type: ignore[operator]
+        return self._loader(self.build(policy, module.device))  # type: ignore[arg-type]
+
+    @staticmethod
+    def _loader(stream: EnvStream) -> DataLoader:
         # Its own generator: creating a loader iterator draws a worker seed, from the global RNG otherwise,
         # which would shift every later draw of a resumed run (it restores the RNG before this).
         return DataLoader(
