@@ -123,3 +123,22 @@ def test_killed_and_resumed_run_equals_the_straight_run(
         assert points == metrics_a[key], key  # every training loss, eval return, …, bit for bit
     # Reproducibility: the same seed twice (A, and B's first process) gives the same losses from update 0.
     assert [step for step, _ in metrics_b["train/loss_critic"]][:100] == list(range(100))
+
+
+def test_an_overlapped_run_survives_a_kill_and_continues(tmp_path: Path) -> None:
+    """`--data.overlap_collection`: not bit-exact (the collecting thread draws its own exploration noise),
+    but a killed run resumes from its checkpoint into the same MLflow run and ends at the same step."""
+    overlap = ("--data.overlap_collection", "true", "--data.policy_sync_every", "2")
+    killed = _fit(tmp_path, "--checkpoint.every_env_steps", "70", *overlap, kill_at=80)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    resumed = _fit(tmp_path, "--checkpoint.every_env_steps", "70", *overlap, "--resume=auto")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    last = _last(tmp_path)
+    assert last["DMCDataModule"]["stats"]["env_steps"] == STEPS
+    assert last["DMCDataModule"]["stats"]["updates"] == STEPS  # the burst of INIT, then one per step
+    run, metrics = _run_metrics(tmp_path)
+    assert run.info.status == "FINISHED" and run.data.tags["resumes"] == "1"
+    for key, points in metrics.items():
+        steps = [step for step, _ in points]
+        assert len(steps) == len(set(steps)), f"{key} logged twice at a step"
+    assert [step for step, _ in metrics["eval/train/return_mean"]] == [50, 100, 150]

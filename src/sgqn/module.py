@@ -66,8 +66,9 @@ class SpeedOptions:
             (`tests/test_compile.py` pins compiled == eager). Random draws inside come from inductor's RNG.
         compile_mode: `torch.compile`'s mode for `compile_update` (None: default; e.g.
             "max-autotune-no-cudagraphs" on CPU, "reduce-overhead" for CUDA graphs on a GPU).
-        autocast_bf16: convs under CPU bf16 autocast; losses and optimizers stay fp32 (faster on CPUs with
-            native bf16 — AMX / AVX512-BF16 — and much slower on others; changes numerics).
+        autocast_bf16: convs under bf16 autocast on the module's device; losses and optimizers stay fp32
+            (faster on GPUs and on CPUs with native bf16 — AMX / AVX512-BF16 — and much slower on other
+            CPUs; changes numerics).
         tune_malloc: call `tune_cpu_malloc()` at setup (process-wide; large speed-up on CPU).
     """
 

@@ -37,9 +37,10 @@ def weight_init(m: nn.Module) -> None:
         nn.init.orthogonal_(m.weight.data[:, :, mid, mid], nn.init.calculate_gain("relu"))
 
 
-def conv_autocast(enabled: bool) -> contextlib.AbstractContextManager:
+def conv_autocast(enabled: bool, x: Tensor) -> contextlib.AbstractContextManager:
     # bf16 only around the convolutions (the bulk of the FLOPs); every output is cast back to fp32.
-    return torch.autocast("cpu", dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
+    # Autocast on the device the input is on: a CPU autocast region leaves CUDA convs in fp32.
+    return torch.autocast(x.device.type, dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
 
 
 class Encoder(nn.Module):
@@ -81,7 +82,7 @@ class Encoder(nn.Module):
         x = obs.float() / 255.0
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with conv_autocast(self.autocast_bf16):
+        with conv_autocast(self.autocast_bf16, x):
             h = self.convs(x)
         return h.float().flatten(1)
 
@@ -301,7 +302,7 @@ class AttributionDecoder(nn.Module):
         x = F.relu(self.proj(torch.cat([z, action], dim=-1)).view(-1, *self.base_shape))
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with conv_autocast(self.autocast_bf16):
+        with conv_autocast(self.autocast_bf16, x):
             # ReLU commutes with nearest upsampling, so it is applied before each upsample + conv.
             x = F.relu(self.conv1(x))
             x = F.relu(upsample_conv(x, self.conv2, self.subpixel))

@@ -63,7 +63,7 @@ class DrQv2Encoder(nn.Module):
         x = obs.float() / 255.0 - 0.5
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with conv_autocast(self.autocast_bf16):
+        with conv_autocast(self.autocast_bf16, x):
             h = self.convs(x)
         return h.float().flatten(1)
 

@@ -133,6 +133,9 @@ class EnvStream(IterableDataset):
     # ------------------------------------------------------------------ overlapped collection
 
     def _produce(self) -> None:
+        # One intra-op thread for this thread's torch work (one observation's policy forward): a second
+        # OpenMP team would spin against the learner's on the same cores (measured: README, "The GPU path").
+        torch.set_num_threads(1)
         try:
             for transitions in self.collector:
                 self._queue.put(transitions)  # waits while the learner has not taken the previous step
