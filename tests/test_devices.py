@@ -142,3 +142,14 @@ def test_the_replay_pins_its_batches_only_for_a_cuda_learner(monkeypatch: pytest
     assert pinned and batch.device in (None, devices.HOST)
     assert not dm.build(policy, devices.HOST).replay.pin_memory  # type: ignore[union-attr]
     assert not FrameReplay(16, 3, 2, (3, SIZE, SIZE), 1).pin_memory
+
+
+def test_the_update_index_is_counted_on_the_host_after_one_read() -> None:
+    module = _module("sac")
+    assert [module._next_update_index() for _ in range(3)] == [0, 1, 2]
+    module.to(META)  # from here on a read of the buffer would fail: the index must not need one
+    assert [module._next_update_index() for _ in range(2)] == [3, 4]
+    restored = _module("sac")
+    state = _module("sac").state_dict() | {"update_step": torch.tensor(7)}
+    restored.load_state_dict(state)  # a checkpoint's buffer is read once, at the next update
+    assert restored._next_update_index() == 7 and int(restored.update_step) == 8

@@ -81,6 +81,10 @@ class SpeedOptions:
     tune_malloc: bool = True
 
 
+def _forget_host_update_step(module: nn.Module, incompatible_keys: Any) -> None:
+    module._host_update_step = None  # type: ignore[assignment]  # re-read from the loaded buffer
+
+
 class _SkipUpdate(Exception):
     """A loss was non-finite under ``on_nonfinite="skip"``: the rest of the update is not applied."""
 
@@ -313,6 +317,8 @@ class SGQNModule(L.LightningModule):
             )
         self.update_step: Tensor
         self.register_buffer("update_step", torch.zeros((), dtype=torch.long))
+        self._host_update_step: int | None = None  # `update_step` on the host, read once after a load
+        self.register_load_state_dict_post_hook(_forget_host_update_step)
         self.skipped_updates = 0  # saved in checkpoints by `on_save_checkpoint` (not a buffer: old ones load)
         # The latest value of each train/* metric since the last logged update: the actor's and the
         # predictor's run on some updates only, and a log point must show them all (checkpointed).
@@ -407,8 +413,7 @@ class SGQNModule(L.LightningModule):
     def update(self, batch: TensorDictBase, agent_step: int | None = None) -> None:
         """One agent update on `batch`, run at `agent_step` (what `update_schedule="reference"` keys the
         `*_update_freq`s on; None: the update's index), checked for non-finite losses (`on_nonfinite`)."""
-        step = int(self.update_step)
-        self.update_step += 1
+        step = self._next_update_index()
         reference = self.hparams.get("update_schedule", "reference") == "reference"
         due_at = agent_step if reference and agent_step is not None else step
         losses: dict[str, Tensor] = {}
@@ -440,6 +445,15 @@ class SGQNModule(L.LightningModule):
             self._unlogged = {}
             for logger in self.loggers:
                 logger.log_metrics(values, step=step)
+
+    def _next_update_index(self) -> int:
+        """The index of this update; counts on in the `update_step` buffer (for checkpoints) and in a host
+        copy, so that a module on a GPU does not read the buffer back at every update."""
+        if self._host_update_step is None:  # after construction or a state-dict load: one read
+            self._host_update_step = int(self.update_step)
+        step, self._host_update_step = self._host_update_step, self._host_update_step + 1
+        self.update_step += 1
+        return step
 
     def _update(self, batch: TensorDictBase, step: int, losses: dict[str, Tensor]) -> dict[str, Tensor]:
         """One agent update of the learner (its order: `sgqn.objectives.learner`), whose frequencies are
