@@ -17,7 +17,7 @@ from torch._dynamo.utils import counters
 
 from sgqn.module import SGQNModule
 from sgqn.objectives.sgqn import SaliencyGuidance
-from test_module import _batch, _module
+from test_module import _batch, _module, _stepper
 
 
 @pytest.fixture(autouse=True)
@@ -30,16 +30,7 @@ def same_random_numbers() -> Iterator[None]:
 
 def _updates(module: SGQNModule, steps: int = 4) -> list[tuple[str, torch.Tensor]]:
     """`steps` updates at agent steps 0, 1, …; the losses in the order they were optimised."""
-    optimizers = module.configure_optimizers()  # names them
-    by_name = dict(zip(module._optimizer_names, optimizers, strict=True))
-    losses: list[tuple[str, torch.Tensor]] = []
-
-    def step(optimizer: str, name: str, loss: torch.Tensor) -> None:
-        losses.append((name, loss.detach().clone()))
-        by_name[optimizer].zero_grad(set_to_none=True)
-        loss.backward(inputs=[p for group in by_name[optimizer].param_groups for p in group["params"]])
-        by_name[optimizer].step()
-
+    step, losses = _stepper(module)
     for i in range(steps):
         torch.manual_seed(100 + i)
         module.loss.update(_batch(seed=i), i, step)

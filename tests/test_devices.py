@@ -21,7 +21,7 @@ from sgqn.data.replay import FrameReplay
 from sgqn.data.stream import DMCDataModule
 from sgqn.module import SGQNModule
 from sgqn.viz import saliency_grid
-from test_module import SIZE, _batch, _module
+from test_module import SIZE, _batch, _module, _stepper
 
 META = torch.device("meta")
 
@@ -38,35 +38,21 @@ def _on_meta(algorithm: str) -> SGQNModule:
     return _module(algorithm).to(META)
 
 
-def _step_on(module: SGQNModule) -> Any:
-    """The module's named optimizers stepped as `SGQNModule._optimize` does (without its finite check,
-    the update's one deliberate host sync)."""
-    optimizers = module.configure_optimizers()
-    by_name = dict(zip(module._optimizer_names, optimizers, strict=True))
-    stepped: list[str] = []
-
-    def step(optimizer: str, name: str, loss: torch.Tensor) -> None:
-        assert loss.device == META, f"{name} was computed on {loss.device}"
-        by_name[optimizer].zero_grad(set_to_none=True)
-        loss.backward(inputs=[p for group in by_name[optimizer].param_groups for p in group["params"]])
-        by_name[optimizer].step()
-        stepped.append(name)
-
-    return step, stepped
-
-
 @pytest.mark.parametrize("algorithm", list(ALGORITHMS))
 def test_the_whole_update_runs_on_the_module_device_with_no_host_sync(algorithm: str) -> None:
     module = _on_meta(algorithm)
-    step, stepped = _step_on(module)
+    step, stepped = _stepper(module)
     batch = devices.to_device(_batch(), META)  # the replay's host batch, moved as training_step does
     assert all(t.device == META for t in batch.values(include_nested=True, leaves_only=True))
     for due_at in (0, 1):  # every frequency due, then only the critic's
         metrics = module.loss.update(batch, due_at, step)
         assert metrics and all(v.device in (META, devices.HOST) for v in metrics.values())
-    assert "loss_critic" in stepped and "loss_actor" in stepped
+    for name, loss in stepped:
+        assert loss.device == META, f"{name} was computed on {loss.device}"
+    names = [name for name, _ in stepped]
+    assert "loss_critic" in names and "loss_actor" in names
     if ALGORITHMS[algorithm][1] == "sgqn":
-        assert "loss_attribution" in stepped
+        assert "loss_attribution" in names
     assert {p.device for p in module.parameters()} == {META}
 
 

@@ -13,6 +13,7 @@ from tensordict.nn import TensorDictModule
 from torch.utils.data import DataLoader
 
 from sgqn.module import SGQNModule, SpeedOptions
+from sgqn.objectives.learner import Step
 from sgqn.objectives.reference import reference_update
 from sgqn.saliency import guided_backprop
 
@@ -29,6 +30,23 @@ def _module(algorithm: str = "sgqn", **kwargs: Any) -> SGQNModule:
     if module.uses_overlay:
         module.set_overlay_images(torch.randint(0, 256, (6, 3, SIZE, SIZE), dtype=torch.uint8))
     return module
+
+
+def _stepper(module: SGQNModule) -> tuple[Step, list[tuple[str, torch.Tensor]]]:
+    """A `Step` over the module's named optimizers, as `SGQNModule._optimize` steps them without a trainer
+    (and without its finite check, the update's one host sync), and the (loss name, detached loss) of
+    every step taken, in order."""
+    optimizers = module.configure_optimizers()  # names them
+    by_name = dict(zip(module._optimizer_names, optimizers, strict=True))
+    stepped: list[tuple[str, torch.Tensor]] = []
+
+    def step(optimizer: str, name: str, loss: torch.Tensor) -> None:
+        stepped.append((name, loss.detach()))
+        by_name[optimizer].zero_grad(set_to_none=True)
+        loss.backward(inputs=[p for group in by_name[optimizer].param_groups for p in group["params"]])
+        by_name[optimizer].step()
+
+    return step, stepped
 
 
 def _batch(b: int = 8, seed: int = 1) -> TensorDict:

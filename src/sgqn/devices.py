@@ -8,6 +8,7 @@ whole device-moving path on the `meta` device (which, like CUDA, refuses to mix 
 
 from __future__ import annotations
 
+import itertools
 from typing import TypeVar
 
 import torch
@@ -21,9 +22,8 @@ HOST = torch.device("cpu")
 
 def module_device(module: nn.Module) -> torch.device:
     """The device of a module's first parameter (or buffer), read live: it follows `module.to(...)`."""
-    for tensor in (*module.parameters(), *module.buffers()):
-        return tensor.device
-    return HOST
+    first = next(itertools.chain(module.parameters(), module.buffers()), None)
+    return HOST if first is None else first.device
 
 
 def to_device(data: T, device: torch.device) -> T:

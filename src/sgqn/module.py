@@ -135,15 +135,11 @@ class _Policy(nn.Module):
         check_action(action)  # on the host copy the env needs anyway: no extra device sync
         return action.reshape(*batch_shape, action.shape[-1])
 
-    @torch.no_grad()
     def sync(self) -> None:
         """Copy the live actor's weights into the snapshot (no-op for a live policy)."""
         if self.snapshot:
             with self._lock:
-                for mine, live in zip(
-                    self.actor.state_dict().values(), self._live.state_dict().values(), strict=True
-                ):
-                    mine.copy_(live, non_blocking=True)
+                self.actor.load_state_dict(self._live.state_dict())
 
 
 class SGQNModule(L.LightningModule):

@@ -11,6 +11,7 @@ Exploration is a truncated normal around the mean with a scheduled σ (`truncate
 from __future__ import annotations
 
 import math
+from typing import overload
 
 import torch
 from torch import Tensor, nn
@@ -112,9 +113,19 @@ def truncated_normal_sample(
     return x - x.detach() + clamped.detach()
 
 
-def linear_schedule(step: int | float, init: float, final: float, duration: int) -> float:
-    """DrQ-v2's ``linear(init, final, duration)``: from `init` at step 0 to `final` at `duration`, then flat."""
-    mix = min(max(float(step) / duration, 0.0), 1.0)
+@overload
+def linear_schedule(step: int | float, init: float, final: float, duration: int) -> float: ...
+@overload
+def linear_schedule(step: Tensor, init: float, final: float, duration: int) -> Tensor: ...
+def linear_schedule(step: int | float | Tensor, init: float, final: float, duration: int) -> float | Tensor:
+    """DrQ-v2's ``linear(init, final, duration)``: from `init` at step 0 to `final` at `duration`, then flat.
+
+    A step tensor gives a float64 tensor on its device (the same value as for the step as a number), so
+    acting on a GPU reads no step back to the host."""
+    if isinstance(step, Tensor):
+        mix: float | Tensor = (step.double() / duration).clamp(0.0, 1.0)
+    else:
+        mix = min(max(float(step) / duration, 0.0), 1.0)
     return (1.0 - mix) * init + mix * final
 
 

@@ -467,16 +467,15 @@ class DMCDataModule(L.LightningDataModule):
         state: dict[str, Any] = {
             "stats": {k: v for k, v in vars(self.stats).items() if not k.startswith("_")}
         }
-        if self.stream is not None:
-            self.stream.pause()  # an overlapped collector stops first: env and collector stay as saved
         if self.stream is None or self.collector is None or self.replay is None:
             if self._resume is not None:  # loaded, not built yet: carry the state over
                 state |= {k: v for k, v in self._resume.items() if k != "stats"}
             return state
+        # The stream's state first: it pauses an overlapped collector, so env and collector stay as saved.
+        state["stream"] = self.stream.state_dict()
         state["replay"] = self.replay.state_dict()
         state["env"] = env_state(self.collector.env)
         state["collector"] = collector_state(self.collector)
-        state["stream"] = self.stream.state_dict()
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

@@ -72,10 +72,8 @@ class DrQv2Loss(ValueLearner):
         return linear_schedule(agent_step, self.stddev_init, self.stddev_final, self.stddev_steps)
 
     def exploration_stddev(self) -> Tensor:
-        """`stddev(agent_step)` computed on the buffer's device (float64, the same value as the Python
-        float): acting on a GPU reads no step back to the host."""
-        mix = (self.agent_step.double() / self.stddev_steps).clamp(0.0, 1.0)
-        return (1.0 - mix) * self.stddev_init + mix * self.stddev_final
+        """σ at the latest update's agent step, on the buffer's device (no read back to the host)."""
+        return linear_schedule(self.agent_step, self.stddev_init, self.stddev_final, self.stddev_steps)
 
     def param_groups(self) -> ParamGroups:
         # DrQ-v2 steps its encoder and critic optimizers together on the critic loss; Adam is

@@ -88,7 +88,7 @@ class ValueLearner(LossModule):
     # Methods that are pure no-grad forwards, which `SpeedOptions.compile` may `torch.compile`.
     compilable: tuple[str, ...] = ("conv_features",)
     # The losses `SpeedOptions.compile_update` compiles (see `Guidance.compiled_losses`).
-    compiled_losses: tuple[str, ...] = ("conv_features", "critic_loss")
+    compiled_losses: tuple[str, ...] = (*compilable, "critic_loss")
 
     @dataclass
     class _AcceptedKeys:

@@ -59,7 +59,7 @@ class SACLoss(ValueLearner):
     critic: Critic
     target_critic: TargetCritic
     compilable = ("soft_target", "conv_features")  # DrQ-v2's target also records the agent step: not pure
-    compiled_losses = ("soft_target", "conv_features", "critic_loss", "actor_loss", "alpha_loss")
+    compiled_losses = (*compilable, "critic_loss", "actor_loss", "alpha_loss")
 
     def __init__(
         self,
