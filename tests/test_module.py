@@ -275,6 +275,24 @@ def test_checkpoint_round_trip_restores_weights_and_the_update_counter(tmp_path:
     assert restored.actor.encoder is restored.critic.encoder  # sharing survives the reload
 
 
+@pytest.mark.parametrize("algorithm", ["sgqn", "drqv2"])
+def test_actor_width_defaults_to_the_critics_and_can_differ(tmp_path: Any, algorithm: str) -> None:
+    def widths(module: SGQNModule) -> tuple[int, int]:
+        return module.actor.trunk[0].out_features, module.critic.q1[0].out_features
+
+    assert widths(_module(algorithm)) == (64, 64)  # None: `hidden_dim`, as the reference
+    module = _module(algorithm, actor_hidden_dim=256)
+    assert widths(module) == (256, 64)
+    trainer = _fit(module, [_batch(seed=i) for i in range(2)])
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+    assert widths(SGQNModule.load_from_checkpoint(tmp_path / "last.ckpt", map_location="cpu")) == (256, 64)
+    # A wider actor starts closer to zero action (orthogonal init: the mean shrinks as 1/sqrt(width)).
+    obs = _batch(64)["pixels"].float()
+    spread = [_module(algorithm, actor_hidden_dim=w).actor(obs) for w in (16, 1024)]
+    mean = lambda out: (out[0] if isinstance(out, tuple) else out).abs().mean()  # noqa: E731
+    assert mean(spread[1]) < mean(spread[0]) / 3
+
+
 class _AtAgentSteps(SGQNModule):
     """Updates run at given agent steps, as the data stream would report them."""
 

@@ -5,7 +5,6 @@ Slow (the full quick start, ~5 minutes on 2 cores): `nox -s tests -- -m slow`.
 
 from __future__ import annotations
 
-import statistics
 from pathlib import Path
 
 import pytest
@@ -29,10 +28,12 @@ def test_quickstart_rises_and_stays_up(store: Path) -> None:
     curve = sorted(
         (m.step, m.value) for m in client.get_metric_history(run.info.run_id, "eval/train/return_mean")
     )
-    assert curve[0][0] == 0 and len(curve) == 5  # the untrained policy, then every 1,000 agent steps
+    assert curve[0][0] == 0 and len(curve) == 4  # the untrained policy, then every 1,000 agent steps
     untrained, final = curve[0][1], curve[-1][1]
-    later = [value for step, value in curve if step >= 2000]
-    # What seed 0 measured (README): 71 → 145 → 87 → 106 → 170. The target, ≥ 3× the untrained
-    # return on three seeds out of three, is not reached at this budget (seeds 1/2: 4.4×, 1.9×).
-    assert final >= 2 * untrained, curve
-    assert statistics.fmean(later) >= 1.5 * untrained, curve  # it stays up, not a lucky last evaluation
+    # The paper's actor width starts near zero action: the pole hangs (seeds 0-3 measured 0.8-7.8).
+    assert untrained <= 20, curve
+    # Seed 0 measured (README): 0.8 -> 100 -> 201 -> 215 (two threads; one thread: 0.8 -> 126 -> 204 ->
+    # 162). Every evaluation after the untrained one stays well above it (the "3x", and an
+    # absolute floor that a near-zero start cannot make trivial), and the run ends swinging the pole up.
+    assert all(value >= max(3 * untrained, 60) for _, value in curve[1:]), curve
+    assert final >= 100, curve

@@ -157,6 +157,9 @@ class SGQNModule(L.LightningModule):
         num_filters: channels of each conv layer (32).
         feature_dim: width of the actor's and critic's projections (100).
         hidden_dim: width of the actor and Q MLPs (1024).
+        actor_hidden_dim: the actor's MLP width alone; None: `hidden_dim`, as the reference. A small
+            config that narrows the critic can keep the paper's actor: an actor's initial mean action
+            shrinks as 1/√width, so a narrow actor starts by pushing hard one way.
         discount: γ (0.99).
         actor_lr: Adam learning rate of the actor (1e-3).
         actor_beta: Adam β1 of the actor (0.9).
@@ -213,6 +216,7 @@ class SGQNModule(L.LightningModule):
         num_filters: int = 32,
         feature_dim: int = 100,
         hidden_dim: int = 1024,
+        actor_hidden_dim: int | None = None,
         discount: float = 0.99,
         actor_lr: float = 1e-3,
         actor_beta: float = 0.9,
@@ -269,14 +273,15 @@ class SGQNModule(L.LightningModule):
         obs_shape = (int(observation_shape[0]), int(observation_shape[1]), int(observation_shape[2]))
         fast = dict(channels_last=speed.channels_last, autocast_bf16=speed.autocast_bf16)
         learner, guided_by = ALGORITHMS[algorithm]
+        actor_width = hidden_dim if actor_hidden_dim is None else actor_hidden_dim
         encoder: nn.Module
         actor: nn.Module
         if learner == "drqv2":
             encoder = DrQv2Encoder(obs_shape, num_conv_layers, num_filters, **fast)
-            actor = DeterministicActor(encoder, action_dim, feature_dim, hidden_dim)
+            actor = DeterministicActor(encoder, action_dim, feature_dim, actor_width)
         else:
             encoder = Encoder(obs_shape, num_conv_layers, num_filters, **fast)
-            actor = Actor(encoder, action_dim, feature_dim, hidden_dim, actor_log_std_min, actor_log_std_max)
+            actor = Actor(encoder, action_dim, feature_dim, actor_width, actor_log_std_min, actor_log_std_max)
         critic = Critic(encoder, action_dim, feature_dim, hidden_dim)  # type: ignore[arg-type]
         guidance: Guidance | None = None
         if guided_by == "svea":
