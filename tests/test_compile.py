@@ -24,6 +24,8 @@ from test_module import _batch, _module, _stepper
 def same_random_numbers() -> Iterator[None]:
     import torch._inductor.config as inductor
 
+    # Code compiled by an earlier test in this process (without `fallback_random`) would be reused.
+    torch._dynamo.reset()
     with inductor.patch(fallback_random=True):
         yield
 
