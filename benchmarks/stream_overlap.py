@@ -45,14 +45,7 @@ def steps_per_second(overlap: bool, steps: int, sync_every: int) -> float:
     )
     module.set_overlay_images(torch.randint(0, 256, (16, 3, 40, 40), dtype=torch.uint8))
     module.setup("fit")
-    optimizers = module.configure_optimizers()
-    by_name = dict(zip(module._optimizer_names, optimizers, strict=True))
-
-    def step(optimizer: str, name: str, loss: torch.Tensor) -> None:
-        by_name[optimizer].zero_grad(set_to_none=True)
-        loss.backward(inputs=[p for group in by_name[optimizer].param_groups for p in group["params"]])
-        by_name[optimizer].step()
-
+    step = module.standalone_step()
     policy = module.policy_module(deterministic=False, snapshot=overlap)
     stream = dm.build(policy, sync_policy=policy.module.sync if overlap else None)
     updates, started, start_steps = 0, 0.0, 0

@@ -33,18 +33,13 @@ def _module(algorithm: str = "sgqn", **kwargs: Any) -> SGQNModule:
 
 
 def _stepper(module: SGQNModule) -> tuple[Step, list[tuple[str, torch.Tensor]]]:
-    """A `Step` over the module's named optimizers, as `SGQNModule._optimize` steps them without a trainer
-    (and without its finite check, the update's one host sync), and the (loss name, detached loss) of
-    every step taken, in order."""
-    optimizers = module.configure_optimizers()  # names them
-    by_name = dict(zip(module._optimizer_names, optimizers, strict=True))
+    """`module.standalone_step()` and the (loss name, detached loss) of every step taken, in order."""
+    plain = module.standalone_step()
     stepped: list[tuple[str, torch.Tensor]] = []
 
     def step(optimizer: str, name: str, loss: torch.Tensor) -> None:
         stepped.append((name, loss.detach()))
-        by_name[optimizer].zero_grad(set_to_none=True)
-        loss.backward(inputs=[p for group in by_name[optimizer].param_groups for p in group["params"]])
-        by_name[optimizer].step()
+        plain(optimizer, name, loss)
 
     return step, stepped
 

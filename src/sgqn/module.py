@@ -37,6 +37,7 @@ from sgqn.nets import Actor, AttributionDecoder, Critic, Encoder
 from sgqn.nets_drqv2 import DeterministicActor, DrQv2Encoder
 from sgqn.objectives import Guidance, SACLoss, SaliencyGuidance, SVEAGuidance, ValueLearner
 from sgqn.objectives.drqv2 import DrQv2Loss
+from sgqn.objectives.learner import Step, optimizer_step
 from sgqn.saliency import ZeroTies, attribution_mask, guided_backprop
 
 log = logging.getLogger(__name__)
@@ -399,6 +400,12 @@ class SGQNModule(L.LightningModule):
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss, inputs=[p for group in optimizer.param_groups for p in group["params"]])
         optimizer.step()
+
+    def standalone_step(self) -> Step:
+        """A `Step` over fresh optimizers from `configure_optimizers`, to drive `self.loss.update` without a
+        Lightning trainer (benchmarks, tests)."""
+        optimizers = self.configure_optimizers()  # names them
+        return optimizer_step(dict(zip(self._optimizer_names, optimizers, strict=True)))
 
     def training_step(self, dataloader_iter: Iterator[tuple[TensorDictBase, int, int]]) -> None:
         # The batch is pulled here rather than handed in by Lightning, whose default fetcher reads one

@@ -13,7 +13,7 @@ its due rules; a new guidance overrides the hooks it needs. `SGQNModule` knows n
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +32,19 @@ Metrics = dict[str, Tensor]
 Step = Callable[[str, str, Tensor], None]
 # An optimizer: its parameters and the hyper-parameter prefix of its lr / beta (e.g. "critic").
 ParamGroups = dict[str, tuple[list[Tensor], str]]
+
+
+def optimizer_step(optimizers: Mapping[str, torch.optim.Optimizer]) -> Step:
+    """A `Step` over named optimizers, outside Lightning (benchmarks, tests, your own loop): what
+    `SGQNModule` does for each loss, without its non-finite check (the update's one host sync)."""
+
+    def step(optimizer: str, name: str, loss: Tensor) -> None:
+        chosen = optimizers[optimizer]
+        chosen.zero_grad(set_to_none=True)
+        loss.backward(inputs=[p for group in chosen.param_groups for p in group["params"]])
+        chosen.step()
+
+    return step
 
 
 class Guidance(nn.Module):
