@@ -16,6 +16,7 @@ import yaml
 
 from cli_helpers import TINY, all_runs, fit_args, short_run
 from sgqn import validation
+from sgqn.checkpointing import AtomicCheckpointIO
 from sgqn.cli import cli_main, main
 from sgqn.console import suggest_options
 from sgqn.quiet import quiet_dependencies
@@ -34,6 +35,8 @@ def test_runs_of_one_seed_get_distinct_names_tags_resolved_params_and_a_summary(
 ) -> None:
     cli = cli_main(fit_args(store, *SHORT))
     first = capsys.readouterr().out
+    # given as a class path (an instance made jsonargparse warn that it cannot serialise it)
+    assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
     main(fit_args(store, *SHORT))
     second = capsys.readouterr().out
 
@@ -277,6 +280,7 @@ def test_known_dependency_noise_is_filtered_and_nothing_else() -> None:
         warnings.warn(
             "Found `dataloader_iter` argument in the `training_step`. Note …", UserWarning, stacklevel=1
         )
+        warnings.warn("You are using the `dataloader_iter` step flavor. If you …", UserWarning, stacklevel=1)
         warnings.warn("a warning that matters", UserWarning, stacklevel=1)
     assert [str(w.message) for w in caught] == ["a warning that matters"]
 

@@ -25,7 +25,6 @@ from lightning.pytorch.loggers import MLFlowLogger  # noqa: E402
 from sgqn.assets.errors import DataSourceError  # noqa: E402
 from sgqn.callbacks import EnvStepCheckpoint, TrainingProgress  # noqa: E402
 from sgqn.checkpointing import (  # noqa: E402
-    AtomicCheckpointIO,
     GlobalRngState,
     find_last_checkpoint,
     load_checkpoint_file,
@@ -191,8 +190,12 @@ def cli_main(args: Sequence[str] | None = None, cli_class: type[SGQNCLI] = SGQNC
         # The module optimises manually with several optimizers: Lightning's `--optimizer` /
         # `--lr_scheduler` flags would replace them with one and crash.
         auto_configure_optimizers=False,
-        # Atomic checkpoint writes; the MLflow run id and the global RNGs go into every checkpoint.
-        trainer_defaults={"callbacks": [RecordRunId(), GlobalRngState()], "plugins": [AtomicCheckpointIO()]},
+        # Atomic checkpoint writes; the MLflow run id and the global RNGs go into every checkpoint. The
+        # plugin is a class path: jsonargparse cannot serialise an instance and warned on every run.
+        trainer_defaults={
+            "callbacks": [RecordRunId(), GlobalRngState()],
+            "plugins": [{"class_path": "sgqn.checkpointing.AtomicCheckpointIO"}],
+        },
         args=None if args is None else list(args),
     )
 

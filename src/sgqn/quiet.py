@@ -38,6 +38,7 @@ NOISY_WARNINGS: tuple[str, ...] = (
     r"LightningCLI's args parameter is intended to run from within Python",  # we pass argv on purpose
     # the module pulls its batches itself on purpose (no prefetch: exact resume, see SGQNModule)
     r"Found `dataloader_iter` argument in the `training_step`",
+    r"You are using the `dataloader_iter` step flavor",  # Lightning 2.6's wording of the same warning
 )
 
 
