@@ -5,7 +5,7 @@ evaluations all counted, and its projection to a full run.
     python benchmarks/train_throughput.py --steps 3000 --trainer.accelerator gpu   # paper settings (defaults)
     python benchmarks/train_throughput.py -c conf/drqv2.yaml --steps 4000 --data.task walker_walk
 
-Runs a real `sgqn fit` (any config and override; MLflow into a temporary store) for `--steps` agent steps
+Runs a real `sgqn fit` (any config and override; MLflow into a temporary store, or none with `--no-mlflow`) for `--steps` agent steps
 and times its phases from inside the trainer: the random warm-up (env only), the learning phase (env +
 updates, evaluations excluded) and each evaluation. The projection to `--project` agent steps (500k, the
 paper's run) is warm-up + learning at the measured rate + one evaluation per `eval.every_env_steps`, each
@@ -28,8 +28,24 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 PROBE: dict[str, Any] = {}
 
 
+def _eval_history(trainer: Trainer) -> tuple[list[dict[str, float]], int]:
+    """The evaluation callback's history so far and its cadence (agent steps)."""
+    for callback in trainer.callbacks:  # type: ignore[attr-defined]
+        history = getattr(callback, "history", None)
+        if isinstance(history, list) and history and "env_steps" in history[-1]:
+            return history, int(getattr(callback, "every_env_steps", 0))
+    return [], 0
+
+
+def _curve(history: list[dict[str, float]]) -> list[dict[str, float]]:
+    """The learning curve: each mode's mean return per evaluation."""
+    keep = lambda k: k == "env_steps" or k.endswith("return_mean")  # noqa: E731
+    return [{k: round(float(v), 1) for k, v in h.items() if keep(k)} for h in history]
+
+
 class ThroughputProbe(Callback):
-    """Wall-clock marks of the run's phases (added to the trainer by this script)."""
+    """Wall-clock marks of the run's phases (added to the trainer by this script). With `--json`, the
+    curve so far is written after each evaluation, so a run stopped early still leaves it."""
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         PROBE["train_start"] = time.perf_counter()
@@ -38,24 +54,20 @@ class ThroughputProbe(Callback):
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
         stats = trainer.datamodule.stats  # type: ignore[attr-defined]
         now = time.perf_counter()
+        history, _ = _eval_history(trainer)
+        # Evaluations are counted at each mark, so exactly those run between the marks are taken out
+        # of the learning phase (not the final one, which runs after the last batch).
         if "learn_start" not in PROBE and stats.env_steps > PROBE["init_steps"]:
             PROBE["learn_start"], PROBE["learn_start_steps"] = now, stats.env_steps
-            PROBE["burst_updates"] = stats.updates
+            PROBE["burst_updates"], PROBE["evals_before_learning"] = stats.updates, len(history)
         PROBE["end"], PROBE["steps"], PROBE["updates"] = now, stats.env_steps, stats.updates
-
-    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        for callback in trainer.callbacks:  # type: ignore[attr-defined]
-            history = getattr(callback, "history", None)
-            if isinstance(history, list) and history and "env_steps" in history[-1]:
-                parts = (
-                    "eval/seconds",
-                    "eval/saliency_seconds",
-                    "eval/video_seconds",
-                )  # episodes, grid, videos
-                PROBE["evals"] = [
-                    (int(h["env_steps"]), sum(float(h.get(k, 0.0)) for k in parts)) for h in history
-                ]
-                PROBE["eval_every"] = int(getattr(callback, "every_env_steps", 0))
+        PROBE["evals_before_end"] = len(history)
+        if PROBE.get("json") and len(history) != PROBE.get("evals_written", 0):
+            PROBE["evals_written"] = len(history)
+            partial = {
+                "status": f"partial: stopped before its end, at {stats.env_steps} agent steps or later"
+            }
+            PROBE["json"].write_text(json.dumps({**partial, "eval_returns": _curve(history)}, indent=1))
 
 
 def main() -> None:
@@ -66,29 +78,38 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2000, help="agent steps to run")
     parser.add_argument("--project", type=int, default=500_000, help="agent steps of the projected run")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--no-mlflow", action="store_true", help="no logger (a machine without MLflow)")
     args, overrides = parser.parse_known_args()
 
     from sgqn.cli import cli_main
 
+    PROBE["json"] = args.json
+
     work = Path(tempfile.mkdtemp(prefix="sgqn-throughput-"))
     argv = ["fit", *(w for c in args.config for w in ("-c", c)), *overrides]
     argv += ["--data.num_env_steps", str(args.steps), "--trainer.default_root_dir", str(work / "outputs")]
-    argv += ["--trainer.logger.init_args.tracking_uri", f"sqlite:///{work}/mlflow.db"]
+    if args.no_mlflow:
+        argv += ["--trainer.logger", "false"]
+    else:
+        argv += ["--trainer.logger.init_args.tracking_uri", f"sqlite:///{work}/mlflow.db"]
     argv += ["--trainer.callbacks+=__main__.ThroughputProbe", "--trainer.enable_progress_bar", "false"]
     started = time.perf_counter()
     cli = cli_main(argv)
     total = time.perf_counter() - started
     device = str(cli.model.device)
+    # Read after the fit: the final evaluation runs in the evaluation callback's `on_train_end`.
+    history, every = _eval_history(cli.trainer)
+    parts = ("eval/seconds", "eval/saliency_seconds", "eval/video_seconds")  # episodes, grid, videos
+    evals = [(int(h["env_steps"]), sum(float(h.get(k, 0.0)) for k in parts)) for h in history]
 
-    evals = PROBE.get("evals", [])
     eval_s = [s for _, s in evals]
-    learn_evals = sum(s for at, s in evals if at > PROBE["init_steps"])
+    learning = slice(PROBE.get("evals_before_learning", 0), PROBE.get("evals_before_end", 0))
+    learn_evals = sum(s for _, s in evals[learning])
     warm_s = PROBE.get("learn_start", PROBE["end"]) - PROBE["train_start"]
     learn_steps = PROBE["steps"] - PROBE.get("learn_start_steps", PROBE["steps"])
     learn_s = PROBE["end"] - PROBE.get("learn_start", PROBE["end"]) - learn_evals
     rate = learn_steps / learn_s if learn_s > 0 else float("nan")
     per_eval = sum(eval_s) / len(eval_s) if eval_s else 0.0
-    every = PROBE.get("eval_every", 0)
     n_evals = (args.project // every if every else 0) + 1
     projected = warm_s + (args.project - PROBE["init_steps"]) / rate + n_evals * per_eval
     figures = {
@@ -105,6 +126,7 @@ def main() -> None:
         ),
         f"projected_hours_for_{args.project}_steps": round(projected / 3600, 2),
         "wall_s": round(total, 1),
+        "eval_returns": _curve(history),
     }
     print(f"sgqn fit {' '.join(argv[1:])}", file=sys.stderr)
     for key, value in figures.items():

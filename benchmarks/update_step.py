@@ -1,8 +1,9 @@
-"""Milliseconds per agent update of `SGQNModule` (sac / svea / sgqn / drqv2 / drqv2_sgqn) on CPU, per speed option.
+"""Milliseconds per agent update of `SGQNModule` (sac / svea / sgqn / drqv2 / drqv2_sgqn), per speed option.
 
     python benchmarks/update_step.py                       # paper size: batch 128, 11 conv layers, 84 px
     python benchmarks/update_step.py --quick               # tiny smoke run (CI)
     python benchmarks/update_step.py --variants fp32 channels_last --algorithms sgqn
+    python benchmarks/update_step.py --device cuda --variants reference ieee tf32 bf16 tf32+cudagraphs
 
 Each row runs the real `training_step` under a `lightning.Trainer` on synthetic batches and reports the
 mean over whole update cycles (the actor / target / aux steps run every 2nd update; "even"/"odd" columns
@@ -11,12 +12,16 @@ attributions, a second critic forward for the attribution, the post-update attri
 separate actor / critic encodes, the literal upsample-then-conv decoder) on the same networks, for
 comparison. `malloc` rows use glibc's default allocator; every other row runs after `tune_cpu_malloc()`.
 Every row runs in a fresh process; `--rounds N` repeats all rows round-robin. On a shared machine prefer
-the "best" column (contention only adds time).
+the "best" column (contention only adds time). On `--device cuda` each update is timed between two
+`torch.cuda.synchronize()`, the batch comes from pinned host memory as the replay serves it, "ieee" /
+"tf32" set `--model.speed.tf32`, and "+cudagraphs" rows compile the whole update with mode
+"reduce-overhead" (CUDA graphs); a row that fails is reported as failed and the others still run.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import os
@@ -25,6 +30,7 @@ import subprocess
 import sys
 import time
 import warnings
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -38,7 +44,7 @@ from torch.utils.flop_counter import flop_registry
 from sgqn.module import SGQNModule, SpeedOptions, tune_cpu_malloc
 from sgqn.objectives.reference import reference_update
 
-VARIANTS: dict[str, dict[str, bool]] = {  # `SpeedOptions` fields (everything else at its default)
+VARIANTS: dict[str, dict[str, Any]] = {  # `SpeedOptions` fields (everything else at its default)
     "fp32": {"channels_last": False},
     "channels_last": {"channels_last": True},
     "bf16": {"autocast_bf16": True},
@@ -46,7 +52,14 @@ VARIANTS: dict[str, dict[str, bool]] = {  # `SpeedOptions` fields (everything el
     "cl+compile": {"channels_last": True, "compile": True},
     "all": {"channels_last": True, "autocast_bf16": True, "compile": True},
     "compile_update": {"channels_last": True, "compile_update": True},  # every loss compiled
+    # GPU precisions (no effect on CPU): strict fp32, TF32 matmuls + convs, and each with CUDA graphs.
+    "ieee": {"tf32": False},
+    "tf32": {"tf32": True},
+    "tf32+cudagraphs": {"tf32": True, "compile_update": True, "compile_mode": "reduce-overhead"},
+    "bf16+cudagraphs": {"autocast_bf16": True, "compile_update": True, "compile_mode": "reduce-overhead"},
 }
+CPU_VARIANTS = ["fp32", "channels_last", "bf16", "compile", "cl+compile", "all", "compile_update"]
+CUDA_VARIANTS = ["reference", "ieee", "fp32", "tf32", "bf16", "tf32+cudagraphs", "bf16+cudagraphs"]
 
 
 def synthetic_batch(batch: int, size: int, action_dim: int) -> TensorDict:
@@ -65,22 +78,34 @@ def synthetic_batch(batch: int, size: int, action_dim: int) -> TensorDict:
     )
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 class _Timer(L.Callback):
     def __init__(self) -> None:
         self.times: list[float] = []
 
-    def on_train_batch_start(self, *args: Any) -> None:
+    def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, *args: Any) -> None:
+        _sync(module.device)
         self._start = time.perf_counter()
 
-    def on_train_batch_end(self, *args: Any) -> None:
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args: Any) -> None:
+        _sync(module.device)
         self.times.append(time.perf_counter() - self._start)
 
 
-def time_module(module: SGQNModule, batch: TensorDict, warmup: int, repeats: int) -> list[float]:
+def time_module(
+    module: SGQNModule, batch: TensorDict, warmup: int, repeats: int, device: str = "cpu"
+) -> list[float]:
     timer = _Timer()
+    if device == "cuda":
+        batch = batch.pin_memory()  # as the replay serves a CUDA learner
     trainer = L.Trainer(
         max_epochs=1,
-        accelerator="cpu",
+        accelerator="gpu" if device == "cuda" else "cpu",
+        devices=1,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -92,12 +117,19 @@ def time_module(module: SGQNModule, batch: TensorDict, warmup: int, repeats: int
     return timer.times[warmup:]
 
 
-def time_reference(module: SGQNModule, batch: TensorDict, warmup: int, repeats: int) -> list[float]:
+def time_reference(
+    module: SGQNModule, batch: TensorDict, warmup: int, repeats: int, device: str = "cpu"
+) -> list[float]:
+    module.setup("fit")  # the speed settings that `Trainer.fit` would apply (malloc, TF32)
     opts = module.configure_optimizers()
+    on = torch.device(device)
+    batch = batch.pin_memory() if on.type == "cuda" else batch
     times = []
     for step in range(warmup + repeats):
+        _sync(on)
         start = time.perf_counter()
-        reference_update(module, batch, opts, step)
+        reference_update(module, batch.to(on, non_blocking=True), opts, step)
+        _sync(on)
         times.append(time.perf_counter() - start)
     return times[warmup:]
 
@@ -131,13 +163,15 @@ def flops_per_update(args: argparse.Namespace, algorithm: str) -> float:
     return counter.total / 2
 
 
-def compute_peak(repeats: int = 5) -> float:
-    """Best fp32 FLOP/s this CPU reaches on all threads: a square matmul or a channels-last 3×3 conv of
-    the paper encoder's size, whichever is faster (on AMD CPUs MKL's matmul is the slower of the two)."""
+def compute_peak(repeats: int = 5, device: str = "cpu") -> float:
+    """Best fp32 FLOP/s this device reaches (all threads on CPU): a square matmul or a channels-last 3×3
+    conv of the paper encoder's size, whichever is faster (on AMD CPUs MKL's matmul is the slower of the
+    two). On CUDA in PyTorch's default precision (cuDNN convs in TF32, matmuls IEEE)."""
     torch.set_num_threads(os.cpu_count() or 1)
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    x = torch.randn(128, 32, 39, 39).contiguous(memory_format=torch.channels_last)
-    w = torch.randn(32, 32, 3, 3).contiguous(memory_format=torch.channels_last)
+    on = torch.device(device)
+    a, b = torch.randn(2048, 2048, device=on), torch.randn(2048, 2048, device=on)
+    x = torch.randn(128, 32, 39, 39, device=on).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(32, 32, 3, 3, device=on).contiguous(memory_format=torch.channels_last)
     kernels = [
         (lambda: torch.mm(a, b), 2 * 2048**3),
         (lambda: F.conv2d(x, w), 2 * 128 * 37 * 37 * 32 * 32 * 9),
@@ -145,8 +179,10 @@ def compute_peak(repeats: int = 5) -> float:
     peak = 0.0
     for run, flops in kernels:
         for _ in range(repeats + 1):
+            _sync(on)
             start = time.perf_counter()
             run()
+            _sync(on)
             peak = max(peak, flops / (time.perf_counter() - start))
     return peak
 
@@ -155,7 +191,7 @@ def _load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def _module(args: argparse.Namespace, variant: str, algorithm: str) -> SGQNModule:
+def _module(args: argparse.Namespace, variant: str, algorithm: str, device: str = "cpu") -> SGQNModule:
     torch.manual_seed(0)
     speed: dict[str, Any] = {"channels_last": False, **VARIANTS.get(variant, {})}
     if variant == "reference":
@@ -171,7 +207,7 @@ def _module(args: argparse.Namespace, variant: str, algorithm: str) -> SGQNModul
         action_dim=args.action_dim,
         num_conv_layers=layers,
         **options,
-    )
+    ).to(device)
     if module.uses_overlay:
         module.set_overlay_images(torch.randint(0, 256, (64, 3, args.size, args.size), dtype=torch.uint8))
     return module
@@ -183,14 +219,16 @@ def measure_row(args: argparse.Namespace, variant: str, algorithm: str) -> list[
     if variant != "malloc":
         tune_cpu_malloc()
     batch = synthetic_batch(args.batch, args.size, args.action_dim)
-    module = _module(args, variant, algorithm)
-    repeats = args.slow_repeats if variant in ("bf16", "all") else args.repeats
+    module = _module(args, variant, algorithm, args.device)
+    slow = args.device == "cpu" and variant in ("bf16", "all", "bf16+cudagraphs")  # no native bf16 here
+    repeats = args.slow_repeats if slow else args.repeats
     if variant == "reference":
-        return time_reference(module, batch, args.warmup, repeats)
-    return time_module(module, batch, args.warmup, repeats)
+        return time_reference(module, batch, args.warmup, repeats, args.device)
+    return time_module(module, batch, args.warmup, repeats, args.device)
 
 
-def run_row(args: argparse.Namespace, variant: str, algorithm: str) -> list[float]:
+def run_row(args: argparse.Namespace, variant: str, algorithm: str) -> list[float] | str:
+    """Seconds per timed update of a row, or why it failed (the last line of the child's error)."""
     # A fresh process per row: the allocator's state and torch.compile's caches would leak across rows.
     flags = [
         "--batch",
@@ -203,11 +241,17 @@ def run_row(args: argparse.Namespace, variant: str, algorithm: str) -> list[floa
         args.action_dim,
     ]
     flags += ["--repeats", args.repeats, "--slow-repeats", args.slow_repeats, "--warmup", args.warmup]
+    flags += ["--device", args.device]
     command = [sys.executable, __file__, "--row", variant, algorithm, *map(str, flags)]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=args.row_timeout)
+    except subprocess.TimeoutExpired:
+        return f"timed out after {args.row_timeout:.0f} s"
     lines = [line for line in done.stdout.splitlines() if line.startswith("TIMES ")]
     if done.returncode or not lines:
-        raise RuntimeError(f"row {variant}/{algorithm} failed:\n{done.stderr[-3000:]}")
+        print(f"row {variant}/{algorithm} failed:\n{done.stderr[-3000:]}", file=sys.stderr, flush=True)
+        errors = [line for line in done.stderr.splitlines() if line.strip()] or [f"exit {done.returncode}"]
+        return errors[-1][:200]
     return [float(t) for t in lines[-1].split()[1:]]
 
 
@@ -219,13 +263,14 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=11)
     parser.add_argument("--size", type=int, default=84)
     parser.add_argument("--action-dim", type=int, default=6)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--repeats", type=int, default=6, help="timed updates per row (rounded up to even)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument(
         "--slow-repeats",
         type=int,
         default=2,
-        help="timed updates of the bf16 rows (slow without native bf16)",
+        help="timed updates of the bf16 rows on CPU (slow without native bf16)",
     )
     parser.add_argument("--rounds", type=int, default=1, help="round-robin repetitions of all rows")
     parser.add_argument(
@@ -234,10 +279,16 @@ def main() -> None:
         default=["sac", "svea", "sgqn", "drqv2", "drqv2_sgqn"],
         help="drqv2 rows use DrQ-v2's 4 conv layers and trunk 50 (its batch is 256: --batch 256)",
     )
-    parser.add_argument("--variants", nargs="+", default=["malloc", "reference", *VARIANTS])
+    parser.add_argument(
+        "--variants", nargs="+", help="rows (default: every CPU variant, or CUDA_VARIANTS on cuda)"
+    )
+    parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--row-timeout", type=float, help="seconds a row may take (compiling included)")
     parser.add_argument("--quick", action="store_true", help="tiny shapes and repeats (smoke test)")
     parser.add_argument("--row", nargs=2, metavar=("VARIANT", "ALGORITHM"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.variants is None:
+        args.variants = CUDA_VARIANTS if args.device == "cuda" else ["malloc", "reference", *CPU_VARIANTS]
     if args.quick:
         args.batch, args.layers, args.size, args.repeats, args.warmup = 8, 2, 32, 2, 1
     args.repeats += args.repeats % 2
@@ -249,27 +300,41 @@ def main() -> None:
         print("TIMES", *measure_row(args, *args.row))
         return
 
-    print(f"batch {args.batch}, {args.layers} conv layers, {args.size} px, {os.cpu_count()} threads")
+    where = torch.cuda.get_device_name() if args.device == "cuda" else f"{os.cpu_count()} CPU threads"
+    print(
+        f"batch {args.batch}, {args.layers} conv layers, {args.size} px, {where}, torch {torch.__version__}"
+    )
     print(f"load average before: {_load()}")
-    peak = compute_peak()
+    peak = compute_peak(device=args.device)
     flops = {algorithm: flops_per_update(args, algorithm) for algorithm in args.algorithms}
-    print(f"fp32 peak of this CPU (best of a matmul and a 3×3 conv): {peak / 1e9:.0f} GFLOP/s")
+    print(f"fp32 peak of this device (best of a matmul and a 3×3 conv): {peak / 1e9:.0f} GFLOP/s")
     for algorithm, count in flops.items():
         floor = count / peak * 1e3
         print(
-            f"  {algorithm:<10} {count / 1e9:6.1f} GFLOP/update → ≥ {floor:5.0f} ms/update even at that peak"
+            f"  {algorithm:<10} {count / 1e9:6.1f} GFLOP/update → ≥ {floor:5.1f} ms/update even at that peak"
         )
     header = (
-        f"{'algorithm':<12}{'variant':<15}{'ms/update':>10}{'best':>8}{'even':>9}{'odd':>9}{'GFLOP/s':>9}"
+        f"{'algorithm':<12}{'variant':<17}{'ms/update':>10}{'best':>8}{'even':>9}{'odd':>9}{'GFLOP/s':>9}"
     )
     print(header + "   (ms/update: mean of the median even and odd update; best: of the fastest ones)")
     rows = [(v, a) for v in args.variants for a in args.algorithms if v != "reference" or a == "sgqn"]
     times: dict[tuple[str, str], list[float]] = {row: [] for row in rows}
+    failed: dict[tuple[str, str], str] = {}
     for _ in range(args.rounds):  # round-robin, so background load spreads over all rows alike
         for row in rows:
-            times[row] += run_row(args, *row)
+            if row not in failed:
+                result = run_row(args, *row)
+                if isinstance(result, str):
+                    failed[row] = result
+                else:
+                    times[row] += result
     fastest: dict[str, tuple[float, str]] = {}
+    table: list[dict[str, Any]] = []
     for (variant, algorithm), row_times in times.items():
+        if (variant, algorithm) in failed:
+            print(f"{algorithm:<12}{variant:<17} failed: {failed[variant, algorithm]}", flush=True)
+            table.append({"algorithm": algorithm, "variant": variant, "failed": failed[variant, algorithm]})
+            continue
         first_even = args.warmup % 2  # within a run, times[i] is update number warmup + i
         per_run = len(row_times) // args.rounds
         even = [t for i, t in enumerate(row_times) if (i % per_run) % 2 == first_even]
@@ -278,14 +343,25 @@ def main() -> None:
         best = (min(even) + min(odd)) / 2 * 1e3
         if variant not in ("malloc", "reference") and best < fastest.get(algorithm, (math.inf, ""))[0]:
             fastest[algorithm] = (best, variant)
-        halves = f"{statistics.median(even) * 1e3:>9.0f}{statistics.median(odd) * 1e3:>9.0f}"
+        halves = f"{statistics.median(even) * 1e3:>9.1f}{statistics.median(odd) * 1e3:>9.1f}"
         rate = f"{flops[algorithm] / median / 1e6:>9.0f}"  # the reference row does more work than this
-        print(f"{algorithm:<12}{variant:<15}{median:>10.0f}{best:>8.0f}{halves}{rate}", flush=True)
+        print(f"{algorithm:<12}{variant:<17}{median:>10.1f}{best:>8.1f}{halves}{rate}", flush=True)
+        table.append(
+            {"algorithm": algorithm, "variant": variant, "ms_per_update": round(median, 2),
+             "best_ms": round(best, 2), "updates_timed": len(row_times)}
+        )  # fmt: skip
     print(f"load average after: {_load()}")
     # Paper scale: the reference trains `--train_steps 500k` agent steps with one update per step.
     print("paper-scale estimate (500k updates, learner time only, fastest row's best cycle):")
     for algorithm, (ms, variant) in sorted(fastest.items()):
-        print(f"  {algorithm:<10} {ms:7.0f} ms/update ({variant}) → {ms * 500_000 / 3.6e6:6.0f} h")
+        print(f"  {algorithm:<10} {ms:7.1f} ms/update ({variant}) → {ms * 500_000 / 3.6e6:6.2f} h")
+    if args.json:
+        shape = {"batch": args.batch, "layers": args.layers, "size": args.size, "action_dim": args.action_dim}
+        args.json.write_text(
+            json.dumps({"device": where, "torch": torch.__version__, **shape, "rows": table})
+        )
+    if failed:
+        sys.exit(f"{len(failed)} row(s) failed")
 
 
 if __name__ == "__main__":

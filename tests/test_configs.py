@@ -58,8 +58,10 @@ def test_explicit_rho_wins_over_the_tasks() -> None:
 
 def test_no_config_file_restates_a_default() -> None:
     files = sorted(p.relative_to(CONF).as_posix() for p in CONF.rglob("*.yaml"))
-    assert files == ["drqv2.yaml", "quickstart.yaml", "sweep/cpu_mini.yaml", "sweep/paper.yaml", "tiny.yaml"]
-    for name in ("drqv2.yaml", "quickstart.yaml", "tiny.yaml"):
+    assert files == [
+        "drq.yaml", "drqv2.yaml", "quickstart.yaml", "sweep/cpu_mini.yaml", "sweep/paper.yaml", "tiny.yaml"
+    ]  # fmt: skip
+    for name in ("drq.yaml", "drqv2.yaml", "quickstart.yaml", "tiny.yaml"):
         data = yaml.safe_load((CONF / name).read_text())
         defaults = {**_defaults(SGQNModule), **{f"data.{k}": v for k, v in _defaults(DMCDataModule).items()}}
         for key, value in data.get("model", {}).items():
@@ -112,6 +114,21 @@ def test_drqv2_config_serves_the_papers_tasks(algorithm: str, capsys: pytest.Cap
     )
 
 
+def test_drq_config_is_drqs_settings_for_100k_frames(capsys: pytest.CaptureFixture) -> None:
+    model, data, evaluation = (
+        resolved(capsys, "-c", str(CONF / "drq.yaml"))[k] for k in ("model", "data", "eval")
+    )
+    assert model["algorithm"] == "sac" and model["num_conv_layers"] == 4 and model["feature_dim"] == 50
+    assert model["actor_lr"] == model["critic_lr"] == model["alpha_lr"] == 1e-3
+    assert model["alpha_beta"] == 0.9 and model["encoder_tau"] == model["critic_tau"] == 0.01
+    assert model["hidden_dim"] == 1024 and model["init_temperature"] == 0.1 and model["shift_pad"] == 4
+    assert data["task"] == "cartpole_swingup" and data["image_size"] == 84 and data["frame_stack"] == 3
+    assert data["num_env_steps"] * 8 == 100_000 and data["init_steps"] == 1000 and data["batch_size"] == 128
+    assert data["warmup_burst"] is False
+    assert evaluation["episodes"] == 10 and data["num_env_steps"] % evaluation["every_env_steps"] == 0
+    check_fit_args(["-c", str(CONF / "drq.yaml"), "--trainer.logger", "false"])
+
+
 def _defaults(cls: type) -> dict[str, object]:
     return {
         k: list(p.default) if isinstance(p.default, tuple) else p.default
@@ -149,7 +166,7 @@ def test_speed_switches_are_their_own_group(capsys: pytest.CaptureFixture) -> No
     speed = config["model"]["speed"]
     assert speed == {
         "channels_last": False, "subpixel_decoder": True, "compile": False, "compile_update": False,
-        "compile_mode": None, "autocast_bf16": False, "tune_malloc": True,
+        "compile_mode": None, "autocast_bf16": False, "tf32": None, "tune_malloc": True,
     }  # fmt: skip
     science = set(config["model"]) - {"speed"}
     assert not science & set(speed)  # no speed switch among the science settings

@@ -19,7 +19,7 @@ from sgqn import devices
 from sgqn.algorithms import ALGORITHMS
 from sgqn.data.replay import FrameReplay
 from sgqn.data.stream import DMCDataModule
-from sgqn.module import SGQNModule
+from sgqn.module import SGQNModule, SpeedOptions
 from sgqn.viz import saliency_grid
 from test_module import SIZE, _batch, _module, _stepper
 
@@ -139,3 +139,50 @@ def test_the_update_index_is_counted_on_the_host_after_one_read() -> None:
     state = _module("sac").state_dict() | {"update_step": torch.tensor(7)}
     restored.load_state_dict(state)  # a checkpoint's buffer is read once, at the next update
     assert restored._next_update_index() == 7 and int(restored.update_step) == 8
+
+
+@pytest.mark.parametrize("tf32", [True, False])
+def test_the_tf32_switch_sets_cuda_matmuls_and_convs_at_setup(tf32: bool) -> None:
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    saved = matmul.fp32_precision, conv.fp32_precision
+    try:
+        matmul.fp32_precision = conv.fp32_precision = "none"
+        _module("sac").setup("fit")  # the default (None) keeps PyTorch's own settings
+        assert (matmul.fp32_precision, conv.fp32_precision) == ("none", "none")
+        _module("sac", speed={"tf32": tf32}).setup("fit")
+        expected = "tf32" if tf32 else "ieee"
+        assert (matmul.fp32_precision, conv.fp32_precision) == (expected, expected)
+    finally:
+        matmul.fp32_precision, conv.fp32_precision = saved
+
+
+def test_cuda_graphs_only_for_a_compiled_update_in_a_graph_mode_on_a_gpu() -> None:
+    graphs = {"compile_update": True, "compile_mode": "reduce-overhead"}
+    module = SGQNModule(algorithm="sac", observation_shape=(9, SIZE, SIZE), action_dim=2, num_conv_layers=1,
+                        hidden_dim=8, feature_dim=4, speed=SpeedOptions(tune_malloc=False, **graphs))  # fmt: skip
+    assert not module._cuda_graphs  # on the host: inductor runs no graphs there
+    module._device = torch.device("cuda", 0)  # what `.to("cuda")` records (no GPU needed to read it)
+    assert module._cuda_graphs
+    module.speed = SpeedOptions(compile_update=True, compile_mode="max-autotune-no-cudagraphs")
+    assert not module._cuda_graphs
+
+
+@pytest.mark.parametrize("graphs", [True, False])
+def test_with_cuda_graphs_an_update_starts_a_generation_and_keeps_clones(
+    graphs: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = _module("sac")
+    produced = {"loss_critic": torch.tensor(1.5)}
+    marks: list[int] = []
+    logged: list[dict[str, torch.Tensor]] = []
+    monkeypatch.setattr(module, "_update", lambda batch, step, losses: dict(produced))
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    monkeypatch.setattr(module, "log_dict", lambda metrics, **kwargs: logged.append(metrics))
+    monkeypatch.setattr(type(module), "_cuda_graphs", property(lambda self: graphs))
+    module.update(_batch(), 0)
+    module.update(_batch(), 1)
+    assert marks == ([1, 1] if graphs else [])
+    kept = logged[-1]["train/loss_critic"]
+    assert float(kept) == 1.5
+    # A graph's output is overwritten by the next replay: what outlives the update must be a copy.
+    assert (kept.data_ptr() != produced["loss_critic"].data_ptr()) is graphs

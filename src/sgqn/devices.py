@@ -37,9 +37,19 @@ def to_device(data: T, device: torch.device) -> T:
     return data.to(device, non_blocking=True)
 
 
+def set_tf32(enabled: bool) -> None:
+    """cuBLAS matmuls and cuDNN convs in TF32 (True) or in IEEE fp32 (False). Process-wide, CUDA only.
+
+    PyTorch's defaults differ per op (cuDNN convs TF32, matmuls IEEE); the reference ran with them.
+    """
+    precision = "tf32" if enabled else "ieee"
+    torch.backends.cuda.matmul.fp32_precision = precision
+    torch.backends.cudnn.conv.fp32_precision = precision  # type: ignore[attr-defined]  # set at import
+
+
 def to_host(tensor: Tensor) -> Tensor:
     """A device tensor copied to the host (waits for it): what the env, plots and logs read."""
     return tensor.to(HOST)
 
 
-__all__ = ["HOST", "module_device", "to_device", "to_host"]
+__all__ = ["HOST", "module_device", "set_tf32", "to_device", "to_host"]

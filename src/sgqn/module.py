@@ -66,10 +66,15 @@ class SpeedOptions:
             reference's captum call) instead of sharing the critic loss's: the same values
             (`tests/test_compile.py` pins compiled == eager). Random draws inside come from inductor's RNG.
         compile_mode: `torch.compile`'s mode for `compile_update` (None: default; e.g.
-            "max-autotune-no-cudagraphs" on CPU, "reduce-overhead" for CUDA graphs on a GPU).
+            "max-autotune-no-cudagraphs" on CPU, "reduce-overhead" for CUDA graphs on a GPU). With CUDA
+            graphs each update starts a new graph generation and the metrics kept past it are cloned
+            off the graphs' memory pool (the next replay overwrites its outputs).
         autocast_bf16: convs under bf16 autocast on the module's device; losses and optimizers stay fp32
             (faster on GPUs and on CPUs with native bf16 — AMX / AVX512-BF16 — and much slower on other
             CPUs; changes numerics).
+        tf32: CUDA's fp32 matmuls and convs in TF32 (True) or strict IEEE fp32 (False); None keeps
+            PyTorch's defaults, what the reference ran with (cuDNN convs in TF32, matmuls IEEE). Set at
+            setup, process-wide; no effect on CPU. TF32 rounds products to a 10-bit mantissa.
         tune_malloc: call `tune_cpu_malloc()` at setup (process-wide; large speed-up on CPU).
     """
 
@@ -79,6 +84,7 @@ class SpeedOptions:
     compile_update: bool = False
     compile_mode: str | None = None
     autocast_bf16: bool = False
+    tf32: bool | None = None
     tune_malloc: bool = True
 
 
@@ -356,6 +362,8 @@ class SGQNModule(L.LightningModule):
         hp: Any = self.hparams
         if self.speed.tune_malloc and tune_cpu_malloc():
             log.info("glibc malloc tuned: no mmap'd allocations, no trimming")
+        if self.speed.tf32 is not None:
+            devices.set_tf32(self.speed.tf32)
         overlay = self.loss.guidance.overlay_bank()
         if overlay is not None and overlay.images is None:
             from sgqn.assets.sources import load_overlay_images  # lazy: the data side is heavy to import
@@ -368,6 +376,12 @@ class SGQNModule(L.LightningModule):
         # and a compiled region would freeze the GuidedReLUs to the ordinary rule.
         for name in self.loss.compilable:  # each learner names its pure no-grad forwards
             setattr(self.loss, name, torch.compile(getattr(self.loss, name), dynamic=False))
+
+    @property
+    def _cuda_graphs(self) -> bool:
+        """The compiled update replays CUDA graphs (torch.compile's modes that use them, on a GPU)."""
+        modes = ("reduce-overhead", "max-autotune")
+        return self.speed.compile_update and self.speed.compile_mode in modes and self.device.type == "cuda"
 
     def _compile_update(self, mode: str | None) -> None:
         # Each loss is compiled where it is defined (learner, guidance); the update's order, its due
@@ -422,6 +436,8 @@ class SGQNModule(L.LightningModule):
         """One agent update on `batch`, run at `agent_step` (what `update_schedule="reference"` keys the
         `*_update_freq`s on; None: the update's index), checked for non-finite losses (`on_nonfinite`)."""
         step = self._next_update_index()
+        if self._cuda_graphs:  # a new generation: the previous update's graph outputs may be overwritten
+            torch.compiler.cudagraph_mark_step_begin()
         reference = self.hparams.get("update_schedule", "reference") == "reference"
         due_at = agent_step if reference and agent_step is not None else step
         losses: dict[str, Tensor] = {}
@@ -436,6 +452,8 @@ class SGQNModule(L.LightningModule):
             if self.hparams["on_nonfinite"] == "stop" and not all_finite(losses.values()):
                 message = nonfinite_message(losses, step + 1, self._env_steps(), self.hparams)
                 raise TrainingDiverged(message + self._last_checkpoint_note())
+        if self._cuda_graphs:  # kept past this update (progress bar, next log point): off the graphs' pool
+            metrics = {k: v.clone() for k, v in metrics.items()}
         if self.hparams["on_nonfinite"] == "skip":
             metrics["skipped_updates"] = torch.tensor(float(self.skipped_updates))
         if not metrics:

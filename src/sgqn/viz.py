@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import av
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
@@ -215,6 +214,8 @@ def blend_mask(frames: np.ndarray, masks: np.ndarray, strength: float = 0.5) -> 
 
 def write_video(frames: np.ndarray, path: str | Path, fps: int = 30, scale: int = 2) -> Path:
     """Encode `[T, H, W, 3]` uint8 frames as an H.264 mp4 with PyAV (nearest-neighbour upscaled)."""
+    import av  # lazy: only videos need PyAV (a GPU machine's minimal install can leave it out)
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     frames = np.repeat(np.repeat(frames, scale, axis=1), scale, axis=2)
@@ -233,5 +234,7 @@ def write_video(frames: np.ndarray, path: str | Path, fps: int = 30, scale: int 
 
 def read_video(path: str | Path) -> np.ndarray:
     """Decode an mp4 into `[T, H, W, 3]` uint8 (used by tests and notebooks)."""
+    import av
+
     with av.open(str(path)) as container:
         return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])

@@ -1,0 +1,242 @@
+"""Issue #13 Part 2 as one run on a GPU machine: every figure the README's GPU table needs, into `--out`.
+
+    bash benchmarks/gpu_suite.sh                      # on the device machine (installs .whl / .gl first)
+    python benchmarks/gpu_suite.py --smoke --out /tmp/suite     # the same plumbing, tiny, on CPU
+
+Parts, in this order, each a fresh process with its own time limit, the figures rewritten after each:
+  env         the GPU, driver, versions; EGL rendering speed of the paper's tasks (env_throughput.py).
+  update      ms per update at paper scale, SGQN and SAC: the reference update order, our eager path in
+              PyTorch's default precision / strict fp32 / TF32 / bf16 autocast, and compiled with CUDA graphs
+              (update_step.py).
+  throughput  end-to-end agent steps/s of `sgqn fit` on walker_walk at paper scale, collection overlapped
+              or not (train_throughput.py), and the projection to a 500k-step run.
+  parity      SAC at DrQ's settings (conf/drq.yaml) on cartpole_swingup for 100k env frames, in the default
+              precision and in SAC's fastest variant of the update part (TF32 if that is the default),
+              both at once.
+Out: suite.json (all figures), suite.md (the README's table), one log per part. Nothing is estimated: a part
+that fails or runs out of time is reported as such.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+PARTS = ("env", "update", "throughput", "parity")
+# An update-part variant as `sgqn fit` flags (the parity run in SAC's fastest precision).
+VARIANT_FLAGS: dict[str, list[str]] = {
+    "fp32": [],
+    "ieee": ["--model.speed.tf32", "false"],
+    "tf32": ["--model.speed.tf32", "true"],
+    "bf16": ["--model.speed.autocast_bf16", "true"],
+    "tf32+cudagraphs": ["--model.speed.tf32", "true", "--model.speed.compile_update", "true",
+                        "--model.speed.compile_mode", "reduce-overhead"],
+    "bf16+cudagraphs": ["--model.speed.autocast_bf16", "true", "--model.speed.compile_update", "true",
+                        "--model.speed.compile_mode", "reduce-overhead"],
+}  # fmt: skip
+
+
+class Suite:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args, self.out = args, args.out
+        self.deadline = time.monotonic() + args.budget_s
+        self.figures: dict[str, Any] = {"device": args.device, "smoke": args.smoke, "parts": {}}
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def run(self, name: str, commands: list[list[str]], limit: float) -> list[int]:
+        """Run `commands` at once (one log each, `<name>[_i].log`), each killed after `limit` seconds."""
+        limit = max(1.0, min(limit, self.left()))
+        procs = []
+        for i, command in enumerate(commands):
+            log = (self.out / f"{name}{f'_{i}' if len(commands) > 1 else ''}.log").open("w")
+            log.write(f"$ {' '.join(command)}\n")
+            log.flush()
+            procs.append((subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT), log))
+        codes, end = [], time.monotonic() + limit
+        for proc, log in procs:
+            try:
+                codes.append(proc.wait(timeout=max(1.0, end - time.monotonic())))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                codes.append(proc.wait())
+                log.write(f"\n[suite] killed after {limit:.0f} s\n")
+            log.close()
+        return codes
+
+    def record(self, part: str, result: dict[str, Any], started: float) -> None:
+        result["seconds"] = round(time.monotonic() - started, 1)
+        self.figures["parts"][part] = result
+        (self.out / "suite.json").write_text(json.dumps(self.figures, indent=1))
+        (self.out / "suite.md").write_text(markdown(self.figures))
+        print(f"[suite] {part}: {result.get('status')} in {result['seconds']} s", flush=True)
+
+    # ------------------------------------------------------------------ parts
+
+    def env(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"python": sys.version.split()[0]}
+        import torch
+
+        info["torch"] = torch.__version__
+        if self.args.device == "cuda":
+            info["gpu"] = torch.cuda.get_device_name()
+            smi = subprocess.run(
+                ["nvidia-smi", "--query-gpu=driver_version,memory.total", "--format=csv,noheader"],
+                capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            info["driver, memory"] = smi.stdout.strip()
+        steps = "50" if self.args.smoke else "500"
+        tasks = ["cartpole_balance"] if self.args.smoke else ["walker_walk", "cartpole_swingup"]
+        code = self.run("env", [[sys.executable, "benchmarks/env_throughput.py", "--steps", steps,
+                                 "--tasks", *tasks]], 120)[0]  # fmt: skip
+        info["env_throughput"] = _table_lines(self.out / "env.log")
+        return {"status": "ok" if code == 0 else f"exit {code}", **info}
+
+    def update(self) -> dict[str, Any]:
+        if self.args.smoke:
+            shape = ["--quick", "--variants", "reference", "fp32", "tf32"]
+        else:
+            # bf16 + CUDA graphs is left to a later call (`update_step.py --variants bf16+cudagraphs`):
+            # each compiled row costs a minute or two of compiling, and the whole suite must fit one call.
+            variants = ["reference", "fp32", "ieee", "tf32", "bf16", "tf32+cudagraphs"]
+            shape = ["--repeats", "20", "--warmup", "6", "--row-timeout", "150", "--variants", *variants]
+        command = [sys.executable, "benchmarks/update_step.py", "--device", self.args.device,
+                   "--algorithms", "sgqn", "sac", "--json", str(self.out / "update_step.json"), *shape]  # fmt: skip
+        code = self.run("update", [command], 330)[0]
+        rows = _read(self.out / "update_step.json").get("rows", [])
+        return {"status": "ok" if code == 0 else f"exit {code}", "rows": rows}
+
+    def throughput(self) -> dict[str, Any]:
+        if self.args.smoke:
+            run = ["-c", "conf/tiny.yaml", "--steps", "80", "--data.init_steps", "40"]
+        else:  # the paper's settings (the defaults) on walker_walk; 1,000 random steps, a burst, then 1,000
+            run = ["--steps", "2000", "--data.task", "walker_walk"]
+        results = {}
+        for overlap in ("false", "true"):
+            path = self.out / f"throughput_overlap_{overlap}.json"
+            command = [*self._fit("benchmarks/train_throughput.py"), *run, "--json", str(path),
+                       "--data.overlap_collection", overlap, "--eval.at_start", "false"]  # fmt: skip
+            code = self.run(f"throughput_overlap_{overlap}", [command], 150)[0]
+            results[f"overlap_{overlap}"] = _read(path) or {"status": f"exit {code}"}
+        failed = [k for k, v in results.items() if "status" in v]
+        return {"status": "ok" if not failed else f"failed: {failed}", **results}
+
+    def parity(self) -> dict[str, Any]:
+        rows = self.figures["parts"].get("update", {}).get("rows", [])
+        sac = [r for r in rows if r["algorithm"] == "sac" and "ms_per_update" in r]
+        fastest = min(sac, key=lambda r: r["best_ms"])["variant"] if sac else "tf32"
+        variants = ["fp32", fastest if fastest != "fp32" else "tf32"]  # the default, and the fastest
+        run = ["-c", "conf/drq.yaml"]
+        if self.args.smoke:  # the same config at a size that runs in seconds
+            run += ["--steps", "120", "--data.init_steps", "60", "--data.image_size", "32",
+                    "--model.num_conv_layers", "2", "--model.hidden_dim", "32", "--data.batch_size", "16",
+                    "--eval.every_env_steps", "60", "--eval.episodes", "1"]  # fmt: skip
+        else:
+            run += ["--steps", "12500"]
+        commands = []
+        for i, variant in enumerate(variants):
+            path = self.out / f"parity_{i}.json"
+            commands.append([*self._fit("benchmarks/train_throughput.py"), *run, "--json", str(path),
+                             *VARIANT_FLAGS[variant]])  # fmt: skip
+        codes = self.run("parity", commands, self.left())
+        results = {v: _read(self.out / f"parity_{i}.json") or {"status": f"exit {c}"}
+                   for i, (v, c) in enumerate(zip(variants, codes, strict=True))}  # fmt: skip
+        failed = [k for k, v in results.items() if "status" in v]
+        return {"status": "ok" if not failed else f"failed: {failed}", "fastest_sac": fastest, **results}
+
+    def _fit(self, script: str) -> list[str]:
+        accelerator = "gpu" if self.args.device == "cuda" else "cpu"
+        # No MLflow and no videos: the GPU image lacks both (scripts/device_bundle.sh carries neither).
+        return [sys.executable, script, "--no-mlflow", "--trainer.accelerator", accelerator,
+                "--eval.video_every_evals", "0"]  # fmt: skip
+
+
+def _read(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _table_lines(log: Path) -> list[str]:
+    return [line.rstrip() for line in log.read_text().splitlines()[1:] if line.strip()][-12:]
+
+
+def markdown(figures: dict[str, Any]) -> str:
+    """The README's GPU table from the figures (parts that did not run are named, not filled in)."""
+    parts = figures["parts"]
+    env = parts.get("env", {})
+    lines = [f"GPU: {env.get('gpu', figures['device'])} ({env.get('driver, memory', '')}), "
+             f"torch {env.get('torch', '?')}, Python {env.get('python', '?')}", ""]  # fmt: skip
+    update = parts.get("update", {})
+    if update.get("rows"):
+        lines += ["| update (ms) | " + " | ".join(sorted({r["algorithm"] for r in update["rows"]})) + " |"]
+        algorithms = sorted({r["algorithm"] for r in update["rows"]})
+        lines += ["|---|" + "---|" * len(algorithms)]
+        for variant in dict.fromkeys(r["variant"] for r in update["rows"]):
+            cells = []
+            for algorithm in algorithms:
+                row = next(
+                    (r for r in update["rows"] if r["variant"] == variant and r["algorithm"] == algorithm),
+                    None,
+                )
+                cells.append(
+                    "—" if row is None else row.get("failed", "")[:40] or f"{row['ms_per_update']:.1f}"
+                )
+            lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+        timed = [r for r in update["rows"] if r["algorithm"] == "sgqn" and "best_ms" in r]
+        reference = next((r for r in timed if r["variant"] == "reference"), None)
+        ours = [r for r in timed if r["variant"] != "reference"]
+        if reference and ours:
+            fastest = min(ours, key=lambda r: r["best_ms"])
+            ratio = reference["best_ms"] / fastest["best_ms"]
+            lines.append(
+                f"\nSGQN learner, reference order ÷ fastest ({fastest['variant']}): {ratio:.1f}× (best cycles)"
+            )
+        lines.append("")
+    for name in ("throughput", "parity"):
+        for key, result in parts.get(name, {}).items():
+            if isinstance(result, dict):
+                summary = {k: v for k, v in result.items() if not k.startswith("eval_returns")}
+                lines.append(f"- {name} {key}: {json.dumps(summary)}")
+                if result.get("eval_returns"):
+                    lines.append(f"  - returns: {json.dumps(result['eval_returns'])}")
+    for name, part in parts.items():
+        lines.append(f"- part {name}: {part.get('status')} ({part.get('seconds')} s)")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "gpu")
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes on CPU: checks the plumbing")
+    parser.add_argument("--device", choices=["cuda", "cpu"], help="default: cuda unless --smoke")
+    parser.add_argument("--budget-s", type=float, default=560, help="the whole suite's wall-clock limit")
+    args = parser.parse_args()
+    args.device = args.device or ("cpu" if args.smoke else "cuda")
+    args.out.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    suite = Suite(args)
+    for part in args.parts:
+        started = time.monotonic()
+        if suite.left() < 5:
+            suite.record(part, {"status": "not run: the suite's time was spent"}, started)
+            continue
+        try:
+            suite.record(part, getattr(suite, part)(), started)
+        except Exception as error:  # one broken part must not cost the others' figures
+            suite.record(part, {"status": f"error: {type(error).__name__}: {error}"}, started)
+    print((args.out / "suite.md").read_text())
+    sys.exit(0 if all(p["status"] == "ok" for p in suite.figures["parts"].values()) else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Issue #13 Part 2 on a GPU machine of the `device` tool, in one call (figures under $OUT):
+#   bash scripts/device_bundle.sh          # here, once: .whl/ and .gl/ (38 MiB with the tree)
+#   run(command="bash benchmarks/gpu_suite.sh", carry=[".whl", ".gl"], timeout_s=600)
+# Installs what the image lacks (into /tmp, never into its own Python), then benchmarks/gpu_suite.py;
+# arguments pass through (e.g. --parts update throughput, --budget-s 300).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+if [[ -d .gl ]]; then
+  for f in .gl/*.deb; do dpkg -x "$f" /; done
+  ldconfig
+fi
+if [[ -d .whl ]]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD/src${PYTHONPATH:+:$PYTHONPATH}
+fi
+export MUJOCO_GL=${MUJOCO_GL:-egl} PYTHONUNBUFFERED=1
+out=${OUT:-benchmarks/out/gpu}
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null
+exec python3 benchmarks/gpu_suite.py --out "$out" "$@"
