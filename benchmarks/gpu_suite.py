@@ -13,8 +13,9 @@ Parts, in this order, each a fresh process with its own time limit, the figures 
   parity      SAC at DrQ's settings (conf/drq.yaml) on cartpole_swingup for 100k env frames, in the default
               precision and in SAC's fastest variant of the update part (TF32 if that is the default),
               both at once.
-Out: suite.json (all figures), suite.md (the README's table), one log per part. Nothing is estimated: a part
-that fails or runs out of time is reported as such.
+Out: suite.json (all figures), suite.md (the README's table), logs.tar.gz (every run's log and figures), all
+three rewritten after each part. Nothing is estimated: a part that fails or runs out of time is reported
+as such.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -46,6 +49,9 @@ VARIANT_FLAGS: dict[str, list[str]] = {
 class Suite:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args, self.out = args, args.out
+        # Logs and per-run figures go to a scratch folder, packed into one archive: the device tool brings
+        # back at most 8 files from $OUT.
+        self.work = Path(tempfile.mkdtemp(prefix="sgqn-suite-"))
         self.deadline = time.monotonic() + args.budget_s
         self.figures: dict[str, Any] = {"device": args.device, "smoke": args.smoke, "parts": {}}
 
@@ -57,7 +63,7 @@ class Suite:
         limit = max(1.0, min(limit, self.left()))
         procs = []
         for i, command in enumerate(commands):
-            log = (self.out / f"{name}{f'_{i}' if len(commands) > 1 else ''}.log").open("w")
+            log = (self.work / f"{name}{f'_{i}' if len(commands) > 1 else ''}.log").open("w")
             log.write(f"$ {' '.join(command)}\n")
             log.flush()
             procs.append((subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT), log))
@@ -77,6 +83,8 @@ class Suite:
         self.figures["parts"][part] = result
         (self.out / "suite.json").write_text(json.dumps(self.figures, indent=1))
         (self.out / "suite.md").write_text(markdown(self.figures))
+        with tarfile.open(self.out / "logs.tar.gz", "w:gz") as archive:
+            archive.add(self.work, arcname="logs")
         print(f"[suite] {part}: {result.get('status')} in {result['seconds']} s", flush=True)
 
     # ------------------------------------------------------------------ parts
@@ -97,7 +105,7 @@ class Suite:
         tasks = ["cartpole_balance"] if self.args.smoke else ["walker_walk", "cartpole_swingup"]
         code = self.run("env", [[sys.executable, "benchmarks/env_throughput.py", "--steps", steps,
                                  "--tasks", *tasks]], 120)[0]  # fmt: skip
-        info["env_throughput"] = _table_lines(self.out / "env.log")
+        info["env_throughput"] = _table_lines(self.work / "env.log")
         return {"status": "ok" if code == 0 else f"exit {code}", **info}
 
     def update(self) -> dict[str, Any]:
@@ -109,9 +117,9 @@ class Suite:
             variants = ["reference", "fp32", "ieee", "tf32", "bf16", "tf32+cudagraphs"]
             shape = ["--repeats", "20", "--warmup", "6", "--row-timeout", "150", "--variants", *variants]
         command = [sys.executable, "benchmarks/update_step.py", "--device", self.args.device,
-                   "--algorithms", "sgqn", "sac", "--json", str(self.out / "update_step.json"), *shape]  # fmt: skip
+                   "--algorithms", "sgqn", "sac", "--json", str(self.work / "update_step.json"), *shape]  # fmt: skip
         code = self.run("update", [command], 330)[0]
-        rows = _read(self.out / "update_step.json").get("rows", [])
+        rows = _read(self.work / "update_step.json").get("rows", [])
         return {"status": "ok" if code == 0 else f"exit {code}", "rows": rows}
 
     def throughput(self) -> dict[str, Any]:
@@ -121,7 +129,7 @@ class Suite:
             run = ["--steps", "2000", "--data.task", "walker_walk"]
         results = {}
         for overlap in ("false", "true"):
-            path = self.out / f"throughput_overlap_{overlap}.json"
+            path = self.work / f"throughput_overlap_{overlap}.json"
             command = [*self._fit("benchmarks/train_throughput.py"), *run, "--json", str(path),
                        "--data.overlap_collection", overlap, "--eval.at_start", "false"]  # fmt: skip
             code = self.run(f"throughput_overlap_{overlap}", [command], 150)[0]
@@ -143,11 +151,11 @@ class Suite:
             run += ["--steps", "12500"]
         commands = []
         for i, variant in enumerate(variants):
-            path = self.out / f"parity_{i}.json"
+            path = self.work / f"parity_{i}.json"
             commands.append([*self._fit("benchmarks/train_throughput.py"), *run, "--json", str(path),
                              *VARIANT_FLAGS[variant]])  # fmt: skip
         codes = self.run("parity", commands, self.left())
-        results = {v: _read(self.out / f"parity_{i}.json") or {"status": f"exit {c}"}
+        results = {v: _read(self.work / f"parity_{i}.json") or {"status": f"exit {c}"}
                    for i, (v, c) in enumerate(zip(variants, codes, strict=True))}  # fmt: skip
         failed = [k for k, v in results.items() if "status" in v]
         return {"status": "ok" if not failed else f"failed: {failed}", "fastest_sac": fastest, **results}

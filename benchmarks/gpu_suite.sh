@@ -16,6 +16,11 @@ if [[ -d .whl ]]; then
   export PYTHONPATH=/tmp/site:$PWD/src${PYTHONPATH:+:$PYTHONPATH}
 fi
 export MUJOCO_GL=${MUJOCO_GL:-egl} PYTHONUNBUFFERED=1
+# GLVND finds the NVIDIA EGL vendor library through this file where the image mounts the driver there.
+vendor=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
+if [[ -f $vendor && -z ${__EGL_VENDOR_LIBRARY_FILENAMES:-} ]]; then
+  export __EGL_VENDOR_LIBRARY_FILENAMES=$vendor
+fi
 out=${OUT:-benchmarks/out/gpu}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null
 exec python3 benchmarks/gpu_suite.py --out "$out" "$@"

@@ -7,6 +7,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,10 @@ def test_the_smoke_suite_runs_every_part_and_writes_its_figures(tmp_path: Path) 
         cwd=ROOT, capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["logs.tar.gz", "suite.json", "suite.md"]  # ≤ 8 back
+    with tarfile.open(tmp_path / "logs.tar.gz") as archive:
+        names = set(archive.getnames())
+    assert {"logs/env.log", "logs/update.log", "logs/parity_0.log", "logs/parity_1.json"} <= names
     figures = json.loads((tmp_path / "suite.json").read_text())
     parts = figures["parts"]
     assert [parts[p]["status"] for p in gpu_suite.PARTS] == ["ok"] * 4
