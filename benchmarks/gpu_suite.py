@@ -106,7 +106,7 @@ class Suite:
         code = self.run("env", [[sys.executable, "benchmarks/env_throughput.py", "--steps", steps,
                                  "--tasks", *tasks]], 120)[0]  # fmt: skip
         info["env_throughput"] = _table_lines(self.work / "env.log")
-        return {"status": "ok" if code == 0 else f"exit {code}", **info}
+        return {"status": _status(code), **info}
 
     def update(self) -> dict[str, Any]:
         if self.args.smoke:
@@ -120,7 +120,7 @@ class Suite:
                    "--algorithms", "sgqn", "sac", "--json", str(self.work / "update_step.json"), *shape]  # fmt: skip
         code = self.run("update", [command], 330)[0]
         rows = _read(self.work / "update_step.json").get("rows", [])
-        return {"status": "ok" if code == 0 else f"exit {code}", "rows": rows}
+        return {"status": _status(code), "rows": rows}
 
     def throughput(self) -> dict[str, Any]:
         if self.args.smoke:
@@ -133,14 +133,16 @@ class Suite:
             command = [*self._fit("benchmarks/train_throughput.py"), *run, "--json", str(path),
                        "--data.overlap_collection", overlap, "--eval.at_start", "false"]  # fmt: skip
             code = self.run(f"throughput_overlap_{overlap}", [command], 150)[0]
-            results[f"overlap_{overlap}"] = _read(path) or {"status": f"exit {code}"}
+            results[f"overlap_{overlap}"] = _read(path) or {"status": _status(code)}
         failed = [k for k, v in results.items() if "status" in v]
         return {"status": "ok" if not failed else f"failed: {failed}", **results}
 
     def parity(self) -> dict[str, Any]:
         rows = self.figures["parts"].get("update", {}).get("rows", [])
         sac = [r for r in rows if r["algorithm"] == "sac" and "ms_per_update" in r]
-        fastest = min(sac, key=lambda r: r["best_ms"])["variant"] if sac else "tf32"
+        fastest = self.args.parity_variant or (
+            min(sac, key=lambda r: r["best_ms"])["variant"] if sac else "tf32"
+        )
         variants = ["fp32", fastest if fastest != "fp32" else "tf32"]  # the default, and the fastest
         run = ["-c", "conf/drq.yaml"]
         if self.args.smoke:  # the same config at a size that runs in seconds
@@ -155,7 +157,7 @@ class Suite:
             commands.append([*self._fit("benchmarks/train_throughput.py"), *run, "--json", str(path),
                              *VARIANT_FLAGS[variant]])  # fmt: skip
         codes = self.run("parity", commands, self.left())
-        results = {v: _read(self.work / f"parity_{i}.json") or {"status": f"exit {c}"}
+        results = {v: _read(self.work / f"parity_{i}.json") or {"status": _status(c)}
                    for i, (v, c) in enumerate(zip(variants, codes, strict=True))}  # fmt: skip
         failed = [k for k, v in results.items() if "status" in v]
         return {"status": "ok" if not failed else f"failed: {failed}", "fastest_sac": fastest, **results}
@@ -165,6 +167,10 @@ class Suite:
         # No MLflow and no videos: the GPU image lacks both (scripts/device_bundle.sh carries neither).
         return [sys.executable, script, "--no-mlflow", "--trainer.accelerator", accelerator,
                 "--eval.video_every_evals", "0"]  # fmt: skip
+
+
+def _status(code: int) -> str:
+    return "ok" if code == 0 else "stopped at its time limit" if code < 0 else f"exit {code}"
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -228,6 +234,11 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes on CPU: checks the plumbing")
     parser.add_argument("--device", choices=["cuda", "cpu"], help="default: cuda unless --smoke")
     parser.add_argument("--budget-s", type=float, default=560, help="the whole suite's wall-clock limit")
+    parser.add_argument(
+        "--parity-variant",
+        choices=sorted(VARIANT_FLAGS),
+        help="the second parity run's variant (default: SAC's fastest in this call's update part, else tf32)",
+    )
     args = parser.parse_args()
     args.device = args.device or ("cpu" if args.smoke else "cuda")
     args.out.mkdir(parents=True, exist_ok=True)

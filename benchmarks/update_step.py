@@ -255,6 +255,34 @@ def run_row(args: argparse.Namespace, variant: str, algorithm: str) -> list[floa
     return [float(t) for t in lines[-1].split()[1:]]
 
 
+def _summary(
+    times: dict[tuple[str, str], list[list[float]]], failed: dict[tuple[str, str], str], warmup: int
+) -> tuple[list[dict[str, Any]], dict[str, tuple[float, str]]]:
+    """The rows timed or failed so far (ms; `times`: each run's update times), and per algorithm its
+    fastest variant of ours (best ms)."""
+    table: list[dict[str, Any]] = []
+    fastest: dict[str, tuple[float, str]] = {}
+    for (variant, algorithm), runs in times.items():
+        if (variant, algorithm) in failed:
+            table.append({"algorithm": algorithm, "variant": variant, "failed": failed[variant, algorithm]})
+            continue
+        if not runs:
+            continue
+        first_even = warmup % 2  # within a run, run[i] is update number warmup + i
+        even = [t for run in runs for i, t in enumerate(run) if i % 2 == first_even]
+        odd = [t for run in runs for i, t in enumerate(run) if i % 2 != first_even]
+        median = (statistics.median(even) + statistics.median(odd)) / 2 * 1e3
+        best = (min(even) + min(odd)) / 2 * 1e3
+        if variant not in ("malloc", "reference") and best < fastest.get(algorithm, (math.inf, ""))[0]:
+            fastest[algorithm] = (best, variant)
+        table.append(
+            {"algorithm": algorithm, "variant": variant, "ms_per_update": round(median, 2),
+             "best_ms": round(best, 2), "even_ms": round(statistics.median(even) * 1e3, 2),
+             "odd_ms": round(statistics.median(odd) * 1e3, 2), "updates_timed": len(even) + len(odd)}
+        )  # fmt: skip
+    return table, fastest
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -318,8 +346,9 @@ def main() -> None:
     )
     print(header + "   (ms/update: mean of the median even and odd update; best: of the fastest ones)")
     rows = [(v, a) for v in args.variants for a in args.algorithms if v != "reference" or a == "sgqn"]
-    times: dict[tuple[str, str], list[float]] = {row: [] for row in rows}
+    times: dict[tuple[str, str], list[list[float]]] = {row: [] for row in rows}
     failed: dict[tuple[str, str], str] = {}
+    shape = {"batch": args.batch, "layers": args.layers, "size": args.size, "action_dim": args.action_dim}
     for _ in range(args.rounds):  # round-robin, so background load spreads over all rows alike
         for row in rows:
             if row not in failed:
@@ -327,39 +356,27 @@ def main() -> None:
                 if isinstance(result, str):
                     failed[row] = result
                 else:
-                    times[row] += result
-    fastest: dict[str, tuple[float, str]] = {}
-    table: list[dict[str, Any]] = []
-    for (variant, algorithm), row_times in times.items():
-        if (variant, algorithm) in failed:
-            print(f"{algorithm:<12}{variant:<17} failed: {failed[variant, algorithm]}", flush=True)
-            table.append({"algorithm": algorithm, "variant": variant, "failed": failed[variant, algorithm]})
+                    times[row].append(result)
+                if args.json:  # after every row: a run stopped from outside keeps the rows it timed
+                    done = _summary(times, failed, args.warmup)[0]
+                    args.json.write_text(json.dumps({"device": where, "torch": torch.__version__, **shape,
+                                                     "rows": done}))  # fmt: skip
+    table, fastest = _summary(times, failed, args.warmup)
+    for entry in table:
+        algorithm, variant = entry["algorithm"], entry["variant"]
+        if "failed" in entry:
+            print(f"{algorithm:<12}{variant:<17} failed: {entry['failed']}", flush=True)
             continue
-        first_even = args.warmup % 2  # within a run, times[i] is update number warmup + i
-        per_run = len(row_times) // args.rounds
-        even = [t for i, t in enumerate(row_times) if (i % per_run) % 2 == first_even]
-        odd = [t for i, t in enumerate(row_times) if (i % per_run) % 2 != first_even]
-        median = (statistics.median(even) + statistics.median(odd)) / 2 * 1e3
-        best = (min(even) + min(odd)) / 2 * 1e3
-        if variant not in ("malloc", "reference") and best < fastest.get(algorithm, (math.inf, ""))[0]:
-            fastest[algorithm] = (best, variant)
-        halves = f"{statistics.median(even) * 1e3:>9.1f}{statistics.median(odd) * 1e3:>9.1f}"
-        rate = f"{flops[algorithm] / median / 1e6:>9.0f}"  # the reference row does more work than this
-        print(f"{algorithm:<12}{variant:<17}{median:>10.1f}{best:>8.1f}{halves}{rate}", flush=True)
-        table.append(
-            {"algorithm": algorithm, "variant": variant, "ms_per_update": round(median, 2),
-             "best_ms": round(best, 2), "updates_timed": len(row_times)}
-        )  # fmt: skip
+        halves = f"{entry['even_ms']:>9.1f}{entry['odd_ms']:>9.1f}"
+        rate = f"{flops[algorithm] / entry['ms_per_update'] / 1e6:>9.0f}"  # the reference does more work
+        print(
+            f"{algorithm:<12}{variant:<17}{entry['ms_per_update']:>10.1f}{entry['best_ms']:>8.1f}{halves}{rate}"
+        )
     print(f"load average after: {_load()}")
     # Paper scale: the reference trains `--train_steps 500k` agent steps with one update per step.
     print("paper-scale estimate (500k updates, learner time only, fastest row's best cycle):")
     for algorithm, (ms, variant) in sorted(fastest.items()):
         print(f"  {algorithm:<10} {ms:7.1f} ms/update ({variant}) → {ms * 500_000 / 3.6e6:6.2f} h")
-    if args.json:
-        shape = {"batch": args.batch, "layers": args.layers, "size": args.size, "action_dim": args.action_dim}
-        args.json.write_text(
-            json.dumps({"device": where, "torch": torch.__version__, **shape, "rows": table})
-        )
     if failed:
         sys.exit(f"{len(failed)} row(s) failed")
 
