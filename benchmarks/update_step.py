@@ -256,7 +256,10 @@ def run_row(args: argparse.Namespace, variant: str, algorithm: str) -> list[floa
 
 
 def _summary(
-    times: dict[tuple[str, str], list[list[float]]], failed: dict[tuple[str, str], str], warmup: int
+    times: dict[tuple[str, str], list[list[float]]],
+    failed: dict[tuple[str, str], str],
+    warmup: int,
+    row_seconds: dict[tuple[str, str], float],
 ) -> tuple[list[dict[str, Any]], dict[str, tuple[float, str]]]:
     """The rows timed or failed so far (ms; `times`: each run's update times), and per algorithm its
     fastest variant of ours (best ms)."""
@@ -264,7 +267,8 @@ def _summary(
     fastest: dict[str, tuple[float, str]] = {}
     for (variant, algorithm), runs in times.items():
         if (variant, algorithm) in failed:
-            table.append({"algorithm": algorithm, "variant": variant, "failed": failed[variant, algorithm]})
+            table.append({"algorithm": algorithm, "variant": variant, "failed": failed[variant, algorithm],
+                          "row_s": round(row_seconds.get((variant, algorithm), 0.0), 1)})  # fmt: skip
             continue
         if not runs:
             continue
@@ -278,7 +282,8 @@ def _summary(
         table.append(
             {"algorithm": algorithm, "variant": variant, "ms_per_update": round(median, 2),
              "best_ms": round(best, 2), "even_ms": round(statistics.median(even) * 1e3, 2),
-             "odd_ms": round(statistics.median(odd) * 1e3, 2), "updates_timed": len(even) + len(odd)}
+             "odd_ms": round(statistics.median(odd) * 1e3, 2), "updates_timed": len(even) + len(odd),
+             "row_s": round(row_seconds.get((variant, algorithm), 0.0), 1)}
         )  # fmt: skip
     return table, fastest
 
@@ -348,20 +353,23 @@ def main() -> None:
     rows = [(v, a) for v in args.variants for a in args.algorithms if v != "reference" or a == "sgqn"]
     times: dict[tuple[str, str], list[list[float]]] = {row: [] for row in rows}
     failed: dict[tuple[str, str], str] = {}
+    row_seconds: dict[tuple[str, str], float] = {}  # each row's process, start-up and compiling included
     shape = {"batch": args.batch, "layers": args.layers, "size": args.size, "action_dim": args.action_dim}
     for _ in range(args.rounds):  # round-robin, so background load spreads over all rows alike
         for row in rows:
             if row not in failed:
+                started = time.perf_counter()
                 result = run_row(args, *row)
+                row_seconds[row] = row_seconds.get(row, 0.0) + time.perf_counter() - started
                 if isinstance(result, str):
                     failed[row] = result
                 else:
                     times[row].append(result)
                 if args.json:  # after every row: a run stopped from outside keeps the rows it timed
-                    done = _summary(times, failed, args.warmup)[0]
+                    done = _summary(times, failed, args.warmup, row_seconds)[0]
                     args.json.write_text(json.dumps({"device": where, "torch": torch.__version__, **shape,
                                                      "rows": done}))  # fmt: skip
-    table, fastest = _summary(times, failed, args.warmup)
+    table, fastest = _summary(times, failed, args.warmup, row_seconds)
     for entry in table:
         algorithm, variant = entry["algorithm"], entry["variant"]
         if "failed" in entry:

@@ -21,7 +21,7 @@ from sgqn.data.replay import FrameReplay
 from sgqn.data.stream import DMCDataModule
 from sgqn.module import SGQNModule, SpeedOptions
 from sgqn.viz import saliency_grid
-from test_module import SIZE, _batch, _module, _stepper
+from test_module import SIZE, _batch, _fit, _module, _params, _stepper
 
 META = torch.device("meta")
 
@@ -143,17 +143,18 @@ def test_the_update_index_is_counted_on_the_host_after_one_read() -> None:
 
 @pytest.mark.parametrize("tf32", [True, False])
 def test_the_tf32_switch_sets_cuda_matmuls_and_convs_at_setup(tf32: bool) -> None:
-    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
-    saved = matmul.fp32_precision, conv.fp32_precision
+    saved = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
     try:
-        matmul.fp32_precision = conv.fp32_precision = "none"
-        _module("sac").setup("fit")  # the default (None) keeps PyTorch's own settings
-        assert (matmul.fp32_precision, conv.fp32_precision) == ("none", "none")
+        torch.set_float32_matmul_precision("medium")
+        _module("sac").setup("fit")  # the default (None) keeps the process's settings
+        assert torch.get_float32_matmul_precision() == "medium"
         _module("sac", speed={"tf32": tf32}).setup("fit")
-        expected = "tf32" if tf32 else "ieee"
-        assert (matmul.fp32_precision, conv.fp32_precision) == (expected, expected)
+        # Read as Lightning reads it at every CUDA fit (it raised after the per-backend API was used).
+        assert torch.get_float32_matmul_precision() == ("high" if tf32 else "highest")
+        assert torch.backends.cuda.matmul.allow_tf32 is tf32 and torch.backends.cudnn.allow_tf32 is tf32
     finally:
-        matmul.fp32_precision, conv.fp32_precision = saved
+        torch.set_float32_matmul_precision(saved[0])
+        torch.backends.cudnn.allow_tf32 = saved[1]
 
 
 def test_cuda_graphs_only_for_a_compiled_update_in_a_graph_mode_on_a_gpu() -> None:
@@ -186,3 +187,18 @@ def test_with_cuda_graphs_an_update_starts_a_generation_and_keeps_clones(
     assert float(kept) == 1.5
     # A graph's output is overwritten by the next replay: what outlives the update must be a copy.
     assert (kept.data_ptr() != produced["loss_critic"].data_ptr()) is graphs
+
+
+def test_with_cuda_graphs_no_grad_outlives_its_optimizer_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    # On an H200, Lightning's teardown (`module.cpu()`) read a grad that the next replay had overwritten.
+    batches = [_batch(seed=i) for i in range(2)]
+    plain = _module("sgqn")
+    _fit(plain, batches)
+    assert any(p.grad is not None for p in plain.parameters())  # eager: the last grads stay
+    monkeypatch.setattr(SGQNModule, "_cuda_graphs", property(lambda self: True))
+    graphs = _module("sgqn")
+    _fit(graphs, batches)
+    assert all(p.grad is None for p in graphs.parameters())
+    expected = _params(plain)
+    for key, value in _params(graphs).items():  # dropping spent grads changes nothing learned
+        assert torch.equal(value, expected[key]), key

@@ -38,13 +38,15 @@ def to_device(data: T, device: torch.device) -> T:
 
 
 def set_tf32(enabled: bool) -> None:
-    """cuBLAS matmuls and cuDNN convs in TF32 (True) or in IEEE fp32 (False). Process-wide, CUDA only.
+    """cuBLAS matmuls and cuDNN convs in TF32 (True) or in IEEE fp32 (False). Process-wide.
 
-    PyTorch's defaults differ per op (cuDNN convs TF32, matmuls IEEE); the reference ran with them.
+    PyTorch's defaults differ per op (cuDNN convs TF32, matmuls IEEE); the reference ran with them. Set
+    through the API Lightning reads (`torch.get_float32_matmul_precision`, which raises once the newer
+    per-backend `fp32_precision` settings disagree); "high" also allows oneDNN's TF32 on CPUs that have
+    it (none of ours).
     """
-    precision = "tf32" if enabled else "ieee"
-    torch.backends.cuda.matmul.fp32_precision = precision
-    torch.backends.cudnn.conv.fp32_precision = precision  # type: ignore[attr-defined]  # set at import
+    torch.set_float32_matmul_precision("high" if enabled else "highest")
+    torch.backends.cudnn.allow_tf32 = enabled
 
 
 def to_host(tensor: Tensor) -> Tensor:

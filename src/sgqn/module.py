@@ -67,14 +67,16 @@ class SpeedOptions:
             (`tests/test_compile.py` pins compiled == eager). Random draws inside come from inductor's RNG.
         compile_mode: `torch.compile`'s mode for `compile_update` (None: default; e.g.
             "max-autotune-no-cudagraphs" on CPU, "reduce-overhead" for CUDA graphs on a GPU). With CUDA
-            graphs each update starts a new graph generation and the metrics kept past it are cloned
-            off the graphs' memory pool (the next replay overwrites its outputs).
+            graphs each update starts a new graph generation, the metrics kept past it are cloned off
+            the graphs' memory pool and the grads are dropped after each optimizer step (the next replay
+            overwrites its outputs; a kept grad failed Lightning's teardown on an H200).
         autocast_bf16: convs under bf16 autocast on the module's device; losses and optimizers stay fp32
             (faster on GPUs and on CPUs with native bf16 — AMX / AVX512-BF16 — and much slower on other
             CPUs; changes numerics).
         tf32: CUDA's fp32 matmuls and convs in TF32 (True) or strict IEEE fp32 (False); None keeps
             PyTorch's defaults, what the reference ran with (cuDNN convs in TF32, matmuls IEEE). Set at
-            setup, process-wide; no effect on CPU. TF32 rounds products to a 10-bit mantissa.
+            setup, process-wide (`devices.set_tf32`); no effect on our CPUs. TF32 rounds products to a
+            10-bit mantissa.
         tune_malloc: call `tune_cpu_malloc()` at setup (process-wide; large speed-up on CPU).
     """
 
@@ -414,6 +416,8 @@ class SGQNModule(L.LightningModule):
         optimizer.zero_grad(set_to_none=True)
         self.manual_backward(loss, inputs=[p for group in optimizer.param_groups for p in group["params"]])
         optimizer.step()
+        if self._cuda_graphs:  # the grads are a backward graph's outputs, overwritten by its next replay
+            optimizer.zero_grad(set_to_none=True)
 
     def standalone_step(self) -> Step:
         """A `Step` over fresh optimizers from `configure_optimizers`, to drive `self.loss.update` without a
