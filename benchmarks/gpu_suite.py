@@ -5,14 +5,15 @@
 
 Parts, in this order, each a fresh process with its own time limit, the figures rewritten after each:
   env         the GPU, driver, versions; EGL rendering speed of the paper's tasks (env_throughput.py).
-  update      ms per update at paper scale, SGQN and SAC: the reference update order, our eager path in
-              PyTorch's default precision / strict fp32 / TF32 / bf16 autocast, and compiled with CUDA graphs
+  update      ms per update at paper scale, SGQN and SAC, and the GPU's busy ms per update (profiled):
+              the reference update order and the rows of speed_variants.py (`sgqn fit`'s defaults,
+              channels-last off, TF32, cuDNN's autotuner, bf16 autocast, compiled with CUDA graphs)
               (update_step.py).
   throughput  end-to-end agent steps/s of `sgqn fit` on walker_walk at paper scale, collection overlapped
               or not (train_throughput.py), and the projection to a 500k-step run.
-  parity      SAC at DrQ's settings (conf/drq.yaml) on cartpole_swingup for 100k env frames, in the default
-              precision and in SAC's fastest variant of the update part (TF32 if that is the default),
-              both at once.
+  parity      SAC at DrQ's settings (conf/drq.yaml) on cartpole_swingup for 100k env frames, with `sgqn
+              fit`'s defaults and with SAC's fastest row of the update part (TF32 if that is the default),
+              both at once, each on its share of the cores.
 Out: suite.json (all figures), suite.md (the README's table), logs.tar.gz (every run's log and figures), all
 three rewritten after each part. Nothing is estimated: a part that fails or runs out of time is reported
 as such.
@@ -31,19 +32,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).parent))  # run as a script or loaded by path (tests)
+from speed_variants import fit_flags
+
 ROOT = Path(__file__).resolve().parents[1]
 PARTS = ("env", "update", "throughput", "parity")
-# An update-part variant as `sgqn fit` flags (the parity run in SAC's fastest precision).
-VARIANT_FLAGS: dict[str, list[str]] = {
-    "fp32": [],
-    "ieee": ["--model.speed.tf32", "false"],
-    "tf32": ["--model.speed.tf32", "true"],
-    "bf16": ["--model.speed.autocast_bf16", "true"],
-    "tf32+cudagraphs": ["--model.speed.tf32", "true", "--model.speed.compile_update", "true",
-                        "--model.speed.compile_mode", "reduce-overhead"],
-    "bf16+cudagraphs": ["--model.speed.autocast_bf16", "true", "--model.speed.compile_update", "true",
-                        "--model.speed.compile_mode", "reduce-overhead"],
-}  # fmt: skip
 
 
 class Suite:
@@ -61,12 +54,18 @@ class Suite:
     def run(self, name: str, commands: list[list[str]], limit: float) -> list[int]:
         """Run `commands` at once (one log each, `<name>[_i].log`), each killed after `limit` seconds."""
         limit = max(1.0, min(limit, self.left()))
+        # Runs at once share the cores: each its own share of intra-op threads (two torch processes with
+        # every core each crawl), one at a time all of them.
+        threads = str(max(1, (os.cpu_count() or 1) // len(commands)))
+        env = os.environ | ({"OMP_NUM_THREADS": threads} if len(commands) > 1 else {})
         procs = []
         for i, command in enumerate(commands):
             log = (self.work / f"{name}{f'_{i}' if len(commands) > 1 else ''}.log").open("w")
             log.write(f"$ {' '.join(command)}\n")
             log.flush()
-            procs.append((subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT), log))
+            procs.append(
+                (subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env), log)
+            )
         codes, end = [], time.monotonic() + limit
         for proc, log in procs:
             try:
@@ -110,15 +109,16 @@ class Suite:
 
     def update(self) -> dict[str, Any]:
         if self.args.smoke:
-            shape = ["--quick", "--variants", "reference", "fp32", "tf32"]
+            shape = ["--quick", "--variants", "reference", "default", "tf32", "--profile", "2"]
         else:
             variants = self.args.update_variants
             shape = ["--repeats", "20", "--warmup", "6", "--row-timeout", "150", "--variants", *variants]
         command = [sys.executable, "benchmarks/update_step.py", "--device", self.args.device,
                    "--algorithms", "sgqn", "sac", "--json", str(self.work / "update_step.json"), *shape]  # fmt: skip
-        code = self.run("update", [command], 330)[0]
-        rows = _read(self.work / "update_step.json").get("rows", [])
-        return {"status": _status(code), "rows": rows}
+        code = self.run("update", [command], self.args.update_limit_s)[0]
+        figures = _read(self.work / "update_step.json")
+        return {"status": _status(code), **{k: figures[k] for k in ("device", "torch") if k in figures},
+                "rows": figures.get("rows", [])}  # fmt: skip
 
     def throughput(self) -> dict[str, Any]:
         if self.args.smoke:
@@ -139,10 +139,11 @@ class Suite:
     def parity(self) -> dict[str, Any]:
         rows = self.figures["parts"].get("update", {}).get("rows", [])
         sac = [r for r in rows if r["algorithm"] == "sac" and "ms_per_update" in r]
+        ours = [r for r in sac if r["variant"] != "reference"]
         fastest = self.args.parity_variant or (
-            min(sac, key=lambda r: r["best_ms"])["variant"] if sac else "tf32"
+            min(ours, key=lambda r: r["best_ms"])["variant"] if ours else "tf32"
         )
-        variants = ["fp32", fastest if fastest != "fp32" else "tf32"]  # the default, and the fastest
+        variants = ["default", fastest if fastest != "default" else "tf32"]  # `sgqn fit`'s, the fastest
         run = ["-c", "conf/drq.yaml"]
         if self.args.smoke:  # the same config at a size that runs in seconds
             run += ["--steps", "120", "--data.init_steps", "60", "--data.image_size", "32",
@@ -154,7 +155,7 @@ class Suite:
         for i, variant in enumerate(variants):
             path = self.work / f"parity_{i}.json"
             commands.append([*self._fit("benchmarks/train_throughput.py"), *run, "--json", str(path),
-                             *VARIANT_FLAGS[variant]])  # fmt: skip
+                             *fit_flags(variant)])  # fmt: skip
         codes = self.run("parity", commands, self.left())
         results = {v: _read(self.work / f"parity_{i}.json") or {"status": _status(c)}
                    for i, (v, c) in enumerate(zip(variants, codes, strict=True))}  # fmt: skip
@@ -166,6 +167,14 @@ class Suite:
         # No MLflow and no videos: the GPU image lacks both (scripts/device_bundle.sh carries neither).
         return [sys.executable, script, "--no-mlflow", "--trainer.accelerator", accelerator,
                 "--eval.video_every_evals", "0"]  # fmt: skip
+
+
+def _fit_variant(variant: str) -> str:
+    try:
+        fit_flags(variant)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return variant
 
 
 def _status(code: int) -> str:
@@ -184,11 +193,17 @@ def markdown(figures: dict[str, Any]) -> str:
     """The README's GPU table from the figures (parts that did not run are named, not filled in)."""
     parts = figures["parts"]
     env = parts.get("env", {})
-    lines = [f"GPU: {env.get('gpu', figures['device'])} ({env.get('driver, memory', '')}), "
-             f"torch {env.get('torch', '?')}, Python {env.get('python', '?')}", ""]  # fmt: skip
     update = parts.get("update", {})
+    gpu, torch_version = (
+        env.get("gpu", update.get("device", figures["device"])),
+        env.get("torch", update.get("torch", "?")),
+    )
+    lines = [f"GPU: {gpu} ({env.get('driver, memory', '')}), torch {torch_version}, "
+             f"Python {env.get('python', '?')}", ""]  # fmt: skip
     if update.get("rows"):
         algorithms = sorted({r["algorithm"] for r in update["rows"]})
+        if any("busy_ms" in r for r in update["rows"]):
+            lines += ["ms per update (in brackets: the GPU's busy ms per update, profiled)", ""]
         lines += ["| update (ms) | " + " | ".join(algorithms) + " |", "|---|" + "---|" * len(algorithms)]
         for variant in dict.fromkeys(r["variant"] for r in update["rows"]):
             cells = []
@@ -197,8 +212,9 @@ def markdown(figures: dict[str, Any]) -> str:
                     (r for r in update["rows"] if r["variant"] == variant and r["algorithm"] == algorithm),
                     None,
                 )
+                busy = f" ({row['busy_ms']:.1f})" if row is not None and "busy_ms" in row else ""
                 cells.append(
-                    "—" if row is None else row.get("failed", "")[:40] or f"{row['ms_per_update']:.1f}"
+                    "—" if row is None else row.get("failed", "")[:40] or f"{row['ms_per_update']:.1f}{busy}"
                 )
             lines.append(f"| {variant} | " + " | ".join(cells) + " |")
         timed = [r for r in update["rows"] if r["algorithm"] == "sgqn" and "best_ms" in r]
@@ -235,14 +251,16 @@ def main() -> None:
     parser.add_argument(
         "--update-variants",
         nargs="+",
-        default=["reference", "fp32", "ieee", "tf32", "bf16", "tf32+cudagraphs"],
+        default=["reference", "default", "nchw", "tf32", "tf32+benchmark", "bf16", "tf32+cudagraphs"],
         # bf16 + CUDA graphs only when asked: each compiled row spends a minute or two compiling.
-        help="update_step.py rows (SGQN and SAC each)",
+        help="update_step.py rows (SGQN and SAC each; speed_variants.py)",
     )
+    parser.add_argument("--update-limit-s", type=float, default=330, help="the update part's time limit")
     parser.add_argument(
         "--parity-variant",
-        choices=sorted(VARIANT_FLAGS),
-        help="the second parity run's variant (default: SAC's fastest in this call's update part, else tf32)",
+        type=_fit_variant,
+        help="the second parity run's variant, an `sgqn fit` setting of speed_variants.py (default: SAC's "
+        "fastest in this call's update part, else tf32)",
     )
     args = parser.parse_args()
     args.device = args.device or ("cpu" if args.smoke else "cuda")

@@ -3,19 +3,23 @@
     python benchmarks/update_step.py                       # paper size: batch 128, 11 conv layers, 84 px
     python benchmarks/update_step.py --quick               # tiny smoke run (CI)
     python benchmarks/update_step.py --variants fp32 channels_last --algorithms sgqn
-    python benchmarks/update_step.py --device cuda --variants reference ieee tf32 bf16 tf32+cudagraphs
+    python benchmarks/update_step.py --device cuda --variants reference default tf32 tf32+benchmark tf32+cudagraphs
 
 Each row runs the real `training_step` under a `lightning.Trainer` on synthetic batches and reports the
 mean over whole update cycles (the actor / target / aux steps run every 2nd update; "even"/"odd" columns
-show both halves), warm-up excluded. "reference" rows replay the SGQN authors' update order (captum
-attributions, a second critic forward for the attribution, the post-update attribution at every update,
-separate actor / critic encodes, the literal upsample-then-conv decoder) on the same networks, for
+show both halves), warm-up excluded. A row is a speed variant of `speed_variants.py` ("+"-joined tokens:
+`SpeedOptions` fields and Trainer arguments; CPU rows start from channels-last off, CUDA rows from
+`sgqn fit`'s defaults). "reference" rows replay the SGQN authors' update order (captum attributions, a
+second critic forward for the attribution, the post-update attribution at every update, separate actor /
+critic encodes, NCHW convs, the literal upsample-then-conv decoder) on the same networks, for
 comparison. `malloc` rows use glibc's default allocator; every other row runs after `tune_cpu_malloc()`.
 Every row runs in a fresh process; `--rounds N` repeats all rows round-robin. On a shared machine prefer
 the "best" column (contention only adds time). On `--device cuda` each update is timed between two
 `torch.cuda.synchronize()`, the batch comes from pinned host memory as the replay serves it, "ieee" /
-"tf32" set `--model.speed.tf32`, and "+cudagraphs" rows compile the whole update with mode
-"reduce-overhead" (CUDA graphs); a row that fails is reported as failed and the others still run.
+"tf32" set `--model.speed.tf32`, "+benchmark" sets `--trainer.benchmark` (cuDNN's autotuner),
+"+cudagraphs" compiles the whole update with mode "reduce-overhead" (CUDA graphs), and `--profile`
+updates after the timed ones give the GPU's busy time per update (kernels, copies: what CUDA graphs
+cannot remove); a row that fails is reported as failed and the others still run.
 """
 
 from __future__ import annotations
@@ -44,22 +48,8 @@ from torch.utils.flop_counter import flop_registry
 from sgqn.module import SGQNModule, SpeedOptions, tune_cpu_malloc
 from sgqn.objectives.reference import reference_update
 
-VARIANTS: dict[str, dict[str, Any]] = {  # `SpeedOptions` fields (everything else at its default)
-    "fp32": {"channels_last": False},
-    "channels_last": {"channels_last": True},
-    "bf16": {"autocast_bf16": True},
-    "compile": {"compile": True},
-    "cl+compile": {"channels_last": True, "compile": True},
-    "all": {"channels_last": True, "autocast_bf16": True, "compile": True},
-    "compile_update": {"channels_last": True, "compile_update": True},  # every loss compiled
-    # GPU precisions (no effect on CPU): strict fp32, TF32 matmuls + convs, and each with CUDA graphs.
-    "ieee": {"tf32": False},
-    "tf32": {"tf32": True},
-    "tf32+cudagraphs": {"tf32": True, "compile_update": True, "compile_mode": "reduce-overhead"},
-    "bf16+cudagraphs": {"autocast_bf16": True, "compile_update": True, "compile_mode": "reduce-overhead"},
-}
-CPU_VARIANTS = ["fp32", "channels_last", "bf16", "compile", "cl+compile", "all", "compile_update"]
-CUDA_VARIANTS = ["reference", "ieee", "fp32", "tf32", "bf16", "tf32+cudagraphs", "bf16+cudagraphs"]
+sys.path.insert(0, str(Path(__file__).parent))  # run as a script or loaded by path (tests)
+from speed_variants import CPU_VARIANTS, CUDA_VARIANTS, speed_fields, tokens, trainer_args
 
 
 def synthetic_batch(batch: int, size: int, action_dim: int) -> TensorDict:
@@ -83,23 +73,79 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def busy_ms(intervals: list[tuple[float, float]]) -> float:
+    """Milliseconds covered by the union of (start, end) intervals in µs: a device's busy time, with
+    nested or overlapping events counted once."""
+    total, reach = 0.0, -math.inf
+    for start, end in sorted(intervals):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total / 1e3
+
+
+class _Profile:
+    """The device's busy time over the updates run inside it: on CUDA the kernels', copies' and memsets'
+    (what CUDA graphs cannot shorten; ms per update − busy = launch and Python time), on CPU the
+    top-level ops'. Needs the profiler's CUPTI on CUDA; a profile without device events reads None."""
+
+    def __init__(self, device: str) -> None:
+        self.device = torch.autograd.DeviceType.CUDA if device == "cuda" else torch.autograd.DeviceType.CPU
+        activity = torch.profiler.ProfilerActivity
+        self.profiler = torch.profiler.profile(
+            activities=[activity.CUDA if device == "cuda" else activity.CPU]
+        )
+        self.updates = 0
+
+    def __enter__(self) -> _Profile:
+        self.profiler.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.profiler.__exit__(*exc)
+
+    def ms_per_update(self) -> float | None:
+        events = [e for e in self.profiler.events() if e.device_type == self.device]
+        spans = [(e.time_range.start, e.time_range.end) for e in events]
+        return busy_ms(spans) / self.updates if spans and self.updates else None
+
+
 class _Timer(L.Callback):
-    def __init__(self) -> None:
+    """Times each update between two device syncs; the `profile` updates after the timed ones run inside
+    a `_Profile`."""
+
+    def __init__(self, device: str, profile_from: int | None = None) -> None:
         self.times: list[float] = []
+        self.profile_from, self.profile = profile_from, _Profile(device) if profile_from is not None else None
 
     def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, *args: Any) -> None:
         _sync(module.device)
+        if self.profile is not None and len(self.times) == self.profile_from:
+            self.profile.__enter__()
         self._start = time.perf_counter()
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args: Any) -> None:
         _sync(module.device)
         self.times.append(time.perf_counter() - self._start)
+        if self.profile is not None and len(self.times) > self.profile_from:  # type: ignore[operator]
+            self.profile.updates += 1
+
+    def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if self.profile is not None and self.profile.updates:
+            self.profile.__exit__(None, None, None)
 
 
 def time_module(
-    module: SGQNModule, batch: TensorDict, warmup: int, repeats: int, device: str = "cpu"
-) -> list[float]:
-    timer = _Timer()
+    module: SGQNModule,
+    batch: TensorDict,
+    warmup: int,
+    repeats: int,
+    device: str = "cpu",
+    trainer_args: dict[str, Any] | None = None,
+    profile: int = 0,
+) -> tuple[list[float], float | None]:
+    """Seconds of each timed update, and the device's busy ms per update over `profile` more updates."""
+    timer = _Timer(device, warmup + repeats if profile else None)
     if device == "cuda":
         batch = batch.pin_memory()  # as the replay serves a CUDA learner
     trainer = L.Trainer(
@@ -111,15 +157,17 @@ def time_module(
         enable_progress_bar=False,
         enable_model_summary=False,
         callbacks=[timer],
+        **(trainer_args or {}),
     )
-    loader = DataLoader([batch] * (warmup + repeats), batch_size=None, collate_fn=lambda x: x)
+    loader = DataLoader([batch] * (warmup + repeats + profile), batch_size=None, collate_fn=lambda x: x)
     trainer.fit(module, loader)
-    return timer.times[warmup:]
+    busy = timer.profile.ms_per_update() if timer.profile is not None else None
+    return timer.times[warmup : warmup + repeats], busy
 
 
 def time_reference(
-    module: SGQNModule, batch: TensorDict, warmup: int, repeats: int, device: str = "cpu"
-) -> list[float]:
+    module: SGQNModule, batch: TensorDict, warmup: int, repeats: int, device: str = "cpu", profile: int = 0
+) -> tuple[list[float], float | None]:
     module.setup("fit")  # the speed settings that `Trainer.fit` would apply (malloc, TF32)
     opts = module.configure_optimizers()
     on = torch.device(device)
@@ -131,7 +179,14 @@ def time_reference(
         reference_update(module, batch.to(on, non_blocking=True), opts, step)
         _sync(on)
         times.append(time.perf_counter() - start)
-    return times[warmup:]
+    if not profile:
+        return times[warmup:], None
+    with _Profile(device) as profiled:
+        for step in range(warmup + repeats, warmup + repeats + profile):
+            reference_update(module, batch.to(on, non_blocking=True), opts, step)
+            profiled.updates += 1
+        _sync(on)
+    return times[warmup:], profiled.ms_per_update()
 
 
 class _FlopCounter(TorchDispatchMode):
@@ -193,9 +248,9 @@ def _load() -> str:
 
 def _module(args: argparse.Namespace, variant: str, algorithm: str, device: str = "cpu") -> SGQNModule:
     torch.manual_seed(0)
-    speed: dict[str, Any] = {"channels_last": False, **VARIANTS.get(variant, {})}
-    if variant == "reference":
-        speed["subpixel_decoder"] = False  # the reference's literal upsample-then-conv decoder
+    speed = speed_fields(variant, device)
+    if variant == "reference":  # the reference's NCHW convs and literal upsample-then-conv decoder
+        speed |= {"channels_last": False, "subpixel_decoder": False}
     speed["tune_malloc"] = variant != "malloc"
     options: dict[str, Any] = {"speed": SpeedOptions(**speed)}
     layers = args.layers
@@ -213,22 +268,23 @@ def _module(args: argparse.Namespace, variant: str, algorithm: str, device: str 
     return module
 
 
-def measure_row(args: argparse.Namespace, variant: str, algorithm: str) -> list[float]:
-    """Seconds per timed update of one row, in this process (the `--row` child)."""
+def measure_row(args: argparse.Namespace, variant: str, algorithm: str) -> tuple[list[float], float | None]:
+    """Seconds per timed update of one row and the device's busy ms per update, in this process (the
+    `--row` child)."""
     torch.set_num_threads(os.cpu_count() or 1)
     if variant != "malloc":
         tune_cpu_malloc()
     batch = synthetic_batch(args.batch, args.size, args.action_dim)
     module = _module(args, variant, algorithm, args.device)
-    slow = args.device == "cpu" and variant in ("bf16", "all", "bf16+cudagraphs")  # no native bf16 here
+    slow = args.device == "cpu" and not {"bf16", "all"}.isdisjoint(tokens(variant))  # no native bf16 here
     repeats = args.slow_repeats if slow else args.repeats
     if variant == "reference":
-        return time_reference(module, batch, args.warmup, repeats, args.device)
-    return time_module(module, batch, args.warmup, repeats, args.device)
+        return time_reference(module, batch, args.warmup, repeats, args.device, args.profile)
+    return time_module(module, batch, args.warmup, repeats, args.device, trainer_args(variant), args.profile)
 
 
-def run_row(args: argparse.Namespace, variant: str, algorithm: str) -> list[float] | str:
-    """Seconds per timed update of a row, or why it failed (the last line of the child's error)."""
+def run_row(args: argparse.Namespace, variant: str, algorithm: str) -> tuple[list[float], float | None] | str:
+    """Seconds per timed update of a row and its busy ms, or why it failed (the child's last error line)."""
     # A fresh process per row: the allocator's state and torch.compile's caches would leak across rows.
     flags = [
         "--batch",
@@ -241,7 +297,7 @@ def run_row(args: argparse.Namespace, variant: str, algorithm: str) -> list[floa
         args.action_dim,
     ]
     flags += ["--repeats", args.repeats, "--slow-repeats", args.slow_repeats, "--warmup", args.warmup]
-    flags += ["--device", args.device]
+    flags += ["--device", args.device, "--profile", args.profile]
     command = [sys.executable, __file__, "--row", variant, algorithm, *map(str, flags)]
     try:
         done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=args.row_timeout)
@@ -252,7 +308,8 @@ def run_row(args: argparse.Namespace, variant: str, algorithm: str) -> list[floa
         print(f"row {variant}/{algorithm} failed:\n{done.stderr[-3000:]}", file=sys.stderr, flush=True)
         errors = [line for line in done.stderr.splitlines() if line.strip()] or [f"exit {done.returncode}"]
         return errors[-1][:200]
-    return [float(t) for t in lines[-1].split()[1:]]
+    busy = [line.split()[1] for line in done.stdout.splitlines() if line.startswith("BUSY ")]
+    return [float(t) for t in lines[-1].split()[1:]], float(busy[-1]) if busy and busy[-1] != "None" else None
 
 
 def _summary(
@@ -260,9 +317,10 @@ def _summary(
     failed: dict[tuple[str, str], str],
     warmup: int,
     row_seconds: dict[tuple[str, str], float],
+    busy: dict[tuple[str, str], list[float]] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, tuple[float, str]]]:
-    """The rows timed or failed so far (ms; `times`: each run's update times), and per algorithm its
-    fastest variant of ours (best ms)."""
+    """The rows timed or failed so far (ms; `times`: each run's update times; `busy`: each run's device
+    busy ms per update), and per algorithm its fastest variant of ours (best ms)."""
     table: list[dict[str, Any]] = []
     fastest: dict[str, tuple[float, str]] = {}
     for (variant, algorithm), runs in times.items():
@@ -285,6 +343,8 @@ def _summary(
              "odd_ms": round(statistics.median(odd) * 1e3, 2), "updates_timed": len(even) + len(odd),
              "row_s": round(row_seconds.get((variant, algorithm), 0.0), 1)}
         )  # fmt: skip
+        if (busy or {}).get((variant, algorithm)):
+            table[-1]["busy_ms"] = round(statistics.mean(busy[variant, algorithm]), 2)  # type: ignore[index]
     return table, fastest
 
 
@@ -307,6 +367,11 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=1, help="round-robin repetitions of all rows")
     parser.add_argument(
+        "--profile",
+        type=int,
+        help="updates profiled after the timed ones for the device's busy time (default: 4 on cuda, 0 on cpu)",
+    )
+    parser.add_argument(
         "--algorithms",
         nargs="+",
         default=["sac", "svea", "sgqn", "drqv2", "drqv2_sgqn"],
@@ -325,12 +390,16 @@ def main() -> None:
     if args.quick:
         args.batch, args.layers, args.size, args.repeats, args.warmup = 8, 2, 32, 2, 1
     args.repeats += args.repeats % 2
+    args.profile = (4 if args.device == "cuda" else 0) if args.profile is None else args.profile
+    args.profile += args.profile % 2  # whole update cycles
     args.slow_repeats = min(args.slow_repeats + args.slow_repeats % 2, args.repeats)
     warnings.filterwarnings("ignore")
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.ERROR)
     if args.row:
-        print("TIMES", *measure_row(args, *args.row))
+        times, busy = measure_row(args, *args.row)
+        print("TIMES", *times)
+        print("BUSY", busy)
         return
 
     where = torch.cuda.get_device_name() if args.device == "cuda" else f"{os.cpu_count()} CPU threads"
@@ -347,12 +416,17 @@ def main() -> None:
             f"  {algorithm:<10} {count / 1e9:6.1f} GFLOP/update → ≥ {floor:5.1f} ms/update even at that peak"
         )
     header = (
-        f"{'algorithm':<12}{'variant':<17}{'ms/update':>10}{'best':>8}{'even':>9}{'odd':>9}{'GFLOP/s':>9}"
+        f"{'algorithm':<12}{'variant':<26}{'ms/update':>10}{'best':>8}{'even':>9}{'odd':>9}{'GFLOP/s':>9}"
+        f"{'busy':>8}"
     )
-    print(header + "   (ms/update: mean of the median even and odd update; best: of the fastest ones)")
+    print(header + "   (ms/update: mean of the median even and odd update; best: of the fastest ones;")
+    print(
+        " " * len(header) + "    busy: ms per update the device spent in kernels / ops, of --profile updates)"
+    )
     rows = [(v, a) for v in args.variants for a in args.algorithms if v != "reference" or a == "sgqn"]
     times: dict[tuple[str, str], list[list[float]]] = {row: [] for row in rows}
     failed: dict[tuple[str, str], str] = {}
+    busy: dict[tuple[str, str], list[float]] = {row: [] for row in rows}
     row_seconds: dict[tuple[str, str], float] = {}  # each row's process, start-up and compiling included
     shape = {"batch": args.batch, "layers": args.layers, "size": args.size, "action_dim": args.action_dim}
     for _ in range(args.rounds):  # round-robin, so background load spreads over all rows alike
@@ -364,21 +438,24 @@ def main() -> None:
                 if isinstance(result, str):
                     failed[row] = result
                 else:
-                    times[row].append(result)
+                    times[row].append(result[0])
+                    busy[row] += [result[1]] if result[1] is not None else []
                 if args.json:  # after every row: a run stopped from outside keeps the rows it timed
-                    done = _summary(times, failed, args.warmup, row_seconds)[0]
+                    done = _summary(times, failed, args.warmup, row_seconds, busy)[0]
                     args.json.write_text(json.dumps({"device": where, "torch": torch.__version__, **shape,
                                                      "rows": done}))  # fmt: skip
-    table, fastest = _summary(times, failed, args.warmup, row_seconds)
+    table, fastest = _summary(times, failed, args.warmup, row_seconds, busy)
     for entry in table:
         algorithm, variant = entry["algorithm"], entry["variant"]
         if "failed" in entry:
-            print(f"{algorithm:<12}{variant:<17} failed: {entry['failed']}", flush=True)
+            print(f"{algorithm:<12}{variant:<26} failed: {entry['failed']}", flush=True)
             continue
         halves = f"{entry['even_ms']:>9.1f}{entry['odd_ms']:>9.1f}"
         rate = f"{flops[algorithm] / entry['ms_per_update'] / 1e6:>9.0f}"  # the reference does more work
+        busy = f"{entry['busy_ms']:>8.1f}" if "busy_ms" in entry else f"{'—':>8}"
         print(
-            f"{algorithm:<12}{variant:<17}{entry['ms_per_update']:>10.1f}{entry['best_ms']:>8.1f}{halves}{rate}"
+            f"{algorithm:<12}{variant:<26}{entry['ms_per_update']:>10.1f}{entry['best_ms']:>8.1f}{halves}{rate}"
+            + busy
         )
     print(f"load average after: {_load()}")
     # Paper scale: the reference trains `--train_steps 500k` agent steps with one update per step.
