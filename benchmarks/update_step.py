@@ -87,7 +87,8 @@ def busy_ms(intervals: list[tuple[float, float]]) -> float:
 class _Profile:
     """The device's busy time over the updates run inside it: on CUDA the kernels', copies' and memsets'
     (what CUDA graphs cannot shorten; ms per update − busy = launch and Python time), on CPU the
-    top-level ops'. Needs the profiler's CUPTI on CUDA; a profile without device events reads None."""
+    top-level ops'. Kernels replayed from CUDA graphs count as CUPTI reports them. Needs the profiler's
+    CUPTI on CUDA; a profile that fails or records no device event reads None."""
 
     def __init__(self, device: str) -> None:
         self.device = torch.autograd.DeviceType.CUDA if device == "cuda" else torch.autograd.DeviceType.CPU
@@ -97,17 +98,31 @@ class _Profile:
         )
         self.updates = 0
 
+    # A profiler that fails (no CUPTI, say) costs the row its busy column, never its times.
     def __enter__(self) -> _Profile:
-        self.profiler.__enter__()
+        self.error = self._guard(self.profiler.__enter__)
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.profiler.__exit__(*exc)
+        if self.error is None:
+            self.error = self._guard(lambda: self.profiler.__exit__(*exc))
 
     def ms_per_update(self) -> float | None:
-        events = [e for e in self.profiler.events() if e.device_type == self.device]
-        spans = [(e.time_range.start, e.time_range.end) for e in events]
-        return busy_ms(spans) / self.updates if spans and self.updates else None
+        if self.error is None and self.updates:
+            events = [e for e in self.profiler.events() if e.device_type == self.device]
+            if events:
+                return busy_ms([(e.time_range.start, e.time_range.end) for e in events]) / self.updates
+            self.error = "no device events recorded"
+        print(f"busy time not measured: {self.error or 'no update profiled'}", file=sys.stderr)
+        return None
+
+    @staticmethod
+    def _guard(call: Any) -> str | None:
+        try:
+            call()
+        except Exception as error:
+            return f"{type(error).__name__}: {error}"
+        return None
 
 
 class _Timer(L.Callback):
