@@ -81,6 +81,8 @@ def test_the_markdown_names_failed_and_missing_parts_rather_than_filling_them_in
                 {"algorithm": "sgqn", "variant": "default", "ms_per_update": 10.5, "best_ms": 10.0},
                 {"algorithm": "sgqn", "variant": "tf32+cudagraphs", "failed": "RuntimeError: boom"},
             ]},
+            "throughput": {"status": "ok", "seconds": 200, "variant": "tf32+benchmark", "overlap_true": {
+                "learning_steps_per_s (env + updates, no evaluation)": 20.5}},
             "parity": {"status": "not run: the suite's time was spent", "seconds": 0},
         },
     }  # fmt: skip
@@ -91,6 +93,8 @@ def test_the_markdown_names_failed_and_missing_parts_rather_than_filling_them_in
     assert "in brackets: the GPU's busy ms per update" in text
     assert "| tf32+cudagraphs | — | RuntimeError: boom |" in text
     assert "SGQN learner, reference order ÷ fastest (default): 4.0× (best cycles)" in text
+    assert "- throughput variant: tf32+benchmark (--model.speed.tf32 true --trainer.benchmark true)" in text
+    assert '- throughput overlap_true: {"learning_steps_per_s (env + updates, no evaluation)": 20.5}' in text
     assert "- part parity: not run: the suite's time was spent (0 s)" in text
 
 
@@ -116,6 +120,8 @@ def test_the_smoke_suite_runs_every_part_and_writes_its_figures(tmp_path: Path) 
     }
     assert all(r["busy_ms"] > 0 for r in rows.values())  # 2 profiled updates per row (CPU ops here)
     assert all(r["ms_per_update"] > 0 and r["updates_timed"] == 2 for r in rows.values())
+    ours = [r for r in parts["update"]["rows"] if r["algorithm"] == "sgqn" and r["variant"] != "reference"]
+    assert parts["throughput"]["variant"] == min(ours, key=lambda r: r["best_ms"])["variant"]  # the fastest
     for overlap in ("false", "true"):
         run = parts["throughput"][f"overlap_{overlap}"]
         assert run["agent_steps"] == 80 and run["learning_steps_per_s (env + updates, no evaluation)"] > 0
