@@ -9,9 +9,9 @@ Parts, in this order, each a fresh process with its own time limit, the figures 
               the reference update order and the rows of speed_variants.py (`sgqn fit`'s defaults,
               channels-last off, TF32, cuDNN's autotuner, bf16 autocast, compiled with CUDA graphs)
               (update_step.py).
-  throughput  end-to-end agent steps/s of `sgqn fit` on walker_walk at paper scale, collection overlapped
-              or not, in SGQN's fastest row of the update part (train_throughput.py), and the projection
-              to a 500k-step run.
+  throughput  end-to-end agent steps/s of `sgqn fit` on walker_walk at paper scale in SGQN's fastest row of
+              the update part: the reference's loop, and collection overlapped with evaluation in worker
+              processes (train_throughput.py); the projection to a 500k-step run.
   parity      SAC at DrQ's settings (conf/drq.yaml) on cartpole_swingup for 100k env frames, with `sgqn
               fit`'s defaults and with SAC's fastest row of the update part (TF32 if that is the default),
               both at once, each on its share of the cores.
@@ -130,10 +130,16 @@ class Suite:
         variant = self._fastest("sgqn", self.args.throughput_variant)
         run += fit_flags(variant)  # the target (≤ 2 h) is for the fastest setting
         results = {}
+        # The reference's loop (one env step per update, episodes one after another), and ours with every
+        # speed-up: overlapped collection, evaluation in worker processes (4 per mode: 16 for the default
+        # modes, one per core of the lent machine). Learning steps/s and seconds per evaluation are timed
+        # apart, so each speed-up shows in its own figure.
+        workers = "1" if self.args.smoke else "4"
         for overlap in ("false", "true"):
             path = self.work / f"throughput_overlap_{overlap}.json"
             command = [*self._fit("benchmarks/train_throughput.py"), *run, "--json", str(path),
-                       "--data.overlap_collection", overlap, "--eval.at_start", "false"]  # fmt: skip
+                       "--data.overlap_collection", overlap, "--eval.at_start", "false",
+                       "--eval.workers", workers if overlap == "true" else "0"]  # fmt: skip
             # On an H200 a 2,000-step eager run did not finish in 150 s.
             code = self.run(f"throughput_overlap_{overlap}", [command], 240)[0]
             results[f"overlap_{overlap}"] = _read(path) or {"status": _status(code)}

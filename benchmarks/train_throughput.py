@@ -9,7 +9,8 @@ Runs a real `sgqn fit` (any config and override; MLflow into a temporary store, 
 and times its phases from inside the trainer: the random warm-up (env only), the learning phase (env +
 updates, evaluations excluded) and each evaluation. The projection to `--project` agent steps (500k, the
 paper's run) is warm-up + learning at the measured rate + one evaluation per `eval.every_env_steps`, each
-as long as the measured ones — start-up (imports, env and network construction) is reported apart.
+as long as the measured ones — start-up (imports, env and network construction) is reported apart, and
+so is the one-time start of the evaluation's worker processes (`--eval.workers`), counted once.
 """
 
 from __future__ import annotations
@@ -101,17 +102,20 @@ def main() -> None:
     history, every = _eval_history(cli.trainer)
     parts = ("eval/seconds", "eval/saliency_seconds", "eval/video_seconds")  # episodes, grid, videos
     evals = [(int(h["env_steps"]), sum(float(h.get(k, 0.0)) for k in parts)) for h in history]
+    # `--eval.workers`: the worker processes start once, before the first evaluation's clock.
+    starts = [float(h.get("eval/workers_startup_seconds", 0.0)) for h in history]
 
     eval_s = [s for _, s in evals]
     learning = slice(PROBE.get("evals_before_learning", 0), PROBE.get("evals_before_end", 0))
-    learn_evals = sum(s for _, s in evals[learning])
+    learn_evals = sum(s for _, s in evals[learning]) + sum(starts[learning])
     warm_s = PROBE.get("learn_start", PROBE["end"]) - PROBE["train_start"]
     learn_steps = PROBE["steps"] - PROBE.get("learn_start_steps", PROBE["steps"])
     learn_s = PROBE["end"] - PROBE.get("learn_start", PROBE["end"]) - learn_evals
     rate = learn_steps / learn_s if learn_s > 0 else float("nan")
     per_eval = sum(eval_s) / len(eval_s) if eval_s else 0.0
     n_evals = (args.project // every if every else 0) + 1
-    projected = warm_s + (args.project - PROBE["init_steps"]) / rate + n_evals * per_eval
+    warm_s -= sum(starts[: PROBE.get("evals_before_learning", 0)])  # counted once, below
+    projected = warm_s + (args.project - PROBE["init_steps"]) / rate + n_evals * per_eval + sum(starts)
     figures = {
         "device": device,
         "threads": os.environ.get("OMP_NUM_THREADS", str(os.cpu_count())),
@@ -121,6 +125,7 @@ def main() -> None:
         "warmup_s (random steps + burst of updates)": round(warm_s, 1),
         "learning_steps_per_s (env + updates, no evaluation)": round(rate, 2),
         "seconds_per_evaluation": round(per_eval, 1),
+        "eval_workers_startup_s": round(sum(starts), 1),
         "end_to_end_steps_per_s (evaluations amortised)": round(
             PROBE["steps"] / (PROBE["end"] - PROBE["train_start"]), 2
         ),

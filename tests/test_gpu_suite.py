@@ -125,6 +125,7 @@ def test_the_smoke_suite_runs_every_part_and_writes_its_figures(tmp_path: Path) 
     for overlap in ("false", "true"):
         run = parts["throughput"][f"overlap_{overlap}"]
         assert run["agent_steps"] == 80 and run["learning_steps_per_s (env + updates, no evaluation)"] > 0
+        assert (run["eval_workers_startup_s"] > 0) == (overlap == "true")  # ours: evaluation in workers
     assert parts["parity"]["fastest_sac"] == "ieee"  # as given (else the update part's fastest SAC row)
     variants = {"default", "ieee"}  # two runs at once: `sgqn fit`'s defaults and the given one
     assert set(parts["parity"]) - {"status", "seconds", "fastest_sac"} == variants

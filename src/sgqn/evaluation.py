@@ -1,11 +1,14 @@
 """Evaluation in the train env and every DMC-GB test mode during `fit` (checkpoints: `sgqn.evaluate`).
 
 Returns use the deterministic policy (tanh of the Gaussian mean), on env seeds distinct from training.
+Episodes run one after another in this process (the reference), or batched over worker processes
+(`workers`), every mode's at once.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import statistics
 import tempfile
 import time
@@ -18,7 +21,8 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import MLFlowLogger
 from tensordict import TensorDictBase
-from torchrl.envs import EnvBase
+from torch import Tensor
+from torchrl.envs import EnvBase, ParallelEnv
 
 from sgqn import viz
 from sgqn.envs.state import env_state, load_env_state
@@ -40,6 +44,24 @@ def run_episodes(env: EnvBase, policy: Any, episodes: int) -> tuple[list[float],
         first = rollout if first is None else first
     assert first is not None, "episodes must be positive"
     return returns, first
+
+
+@torch.no_grad()
+def run_batched_episodes(env: EnvBase, policy: Any, rounds: int, seed: int) -> tuple[Tensor, TensorDictBase]:
+    """`rounds` episodes of each sub-env of the batched `env` at once, the env reseeded with `seed + r`
+    before round r (its sub-envs: TorchRL's seed chain from there), so the episodes depend on `seed`
+    alone. Returns `[rounds, num_envs]` undiscounted returns and the first round's rollout `[num_envs, T]`.
+    DMC episodes all last the task's time limit; episodes of unequal lengths are refused."""
+    returns, first = [], None
+    for r in range(rounds):
+        env.set_seed(seed + r)
+        rollout: TensorDictBase = env.rollout(100_000, policy, break_when_any_done=True)
+        if not bool(rollout["next", "done"][:, -1].all()):
+            raise RuntimeError("batched evaluation needs episodes of one length (DMC's time limit)")
+        returns.append(rollout["next", "reward"].sum(dim=(1, 2)))
+        first = rollout if first is None else first
+    assert first is not None, "rounds must be positive"
+    return torch.stack(returns), first
 
 
 def episode_returns(env: EnvBase, policy: Any, episodes: int) -> list[float]:
@@ -88,6 +110,15 @@ class EvaluationCallback(Callback):
         video_every_evals: eval videos every this many evaluations (0: never; off by default because
             on a CPU the encoding and per-frame saliency cost a noticeable share of a short run).
         video_mask: tint the critic's saliency mask into the video frames.
+        workers: 0 (the reference): each mode's episodes one after another, in envs that live in this
+            process and carry on from one evaluation to the next (checkpointed). N > 0: N worker
+            processes per mode (TorchRL `ParallelEnv`, started at the first evaluation, their start-up
+            logged once as `eval/workers_startup_seconds`), every mode's episodes at once in
+            ⌈episodes / N⌉ batched rounds, the policy acting on the batch: on a machine with spare cores
+            an evaluation takes about one episode's time per round. Evaluation k reseeds them (task and
+            appearance draws) from the run's seed and k, so a resumed run evaluates on the episodes an
+            uninterrupted one would have; those episodes differ from the reference's. Each worker renders
+            with one intra-op thread; this process keeps its own.
     """
 
     def __init__(
@@ -102,6 +133,7 @@ class EvaluationCallback(Callback):
         grid_states: int = 2,
         video_every_evals: int = 0,
         video_mask: bool = True,
+        workers: int = 0,
     ) -> None:
         self.every_env_steps, self.episodes, self.modes, self.at_end = (
             every_env_steps,
@@ -116,6 +148,10 @@ class EvaluationCallback(Callback):
         )
         self.video_every_evals, self.video_mask = video_every_evals, video_mask
         self.at_start = at_start
+        if workers < 0:
+            raise ValueError(f"eval workers must be >= 0, got {workers}")
+        self.workers = workers
+        self._batched: EnvBase | None = None  # every mode's worker envs, the modes in `self.modes` order
         self._envs: dict[str, EnvBase] = {}
         self.cadence = Cadence(every_env_steps)
         self._resumed_envs: dict[str, dict[str, Any]] = {}
@@ -129,6 +165,50 @@ class EvaluationCallback(Callback):
                 load_env_state(env, self._resumed_envs.pop(mode))
             self._envs[mode] = env
         return self._envs[mode]
+
+    def _batched_env(self, trainer: Trainer) -> tuple[EnvBase, float | None]:
+        """The worker envs (started at the first call, and how long that took), `workers` per mode."""
+        if self._batched is not None:
+            return self._batched, None
+        start = time.perf_counter()
+        dm = trainer.datamodule  # type: ignore[attr-defined]
+        seed = dm.hparams.seed + EVAL_SEED_OFFSET  # reseeded per evaluation; this only builds them
+        functions = [
+            dm.env_fn(mode, seed, reseed_mode=True) for mode in self.modes for _ in range(self.workers)
+        ]
+        # TorchRL would take one intra-op thread from this process per worker (the learner's).
+        self._batched = ParallelEnv(
+            len(functions), functions, mp_start_method="spawn", num_threads=torch.get_num_threads()
+        )
+        self._batched.start()
+        return self._batched, time.perf_counter() - start
+
+    def _batched_episodes(
+        self, env: EnvBase, policy: Any, seed: int, count: int
+    ) -> tuple[dict[str, list[float]], dict[str, TensorDictBase]]:
+        """Evaluation `count`'s episodes per mode in the worker envs, and each mode's first rollout."""
+        rounds = math.ceil(self.episodes / self.workers)
+        returns, rollout = run_batched_episodes(env, policy, rounds, seed + EVAL_SEED_OFFSET + count * 1000)
+        episodes, rollouts = {}, {}
+        for i, mode in enumerate(self.modes):  # mode i: sub-envs i·N … (i+1)·N − 1; episodes round by round
+            ours = returns[:, i * self.workers : (i + 1) * self.workers]
+            episodes[mode] = ours.reshape(-1)[: self.episodes].tolist()
+            rollouts[mode] = rollout[i * self.workers]
+        return episodes, rollouts
+
+    def close(self) -> None:
+        """Stop the worker processes (the next evaluation starts new ones)."""
+        if self._batched is not None:
+            threads = torch.get_num_threads()
+            self._batched.close()
+            torch.set_num_threads(threads)  # TorchRL's close hands its workers' threads to this process
+            self._batched = None
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self.close()
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self.close()
 
     @staticmethod
     def _due(every: int, count: int) -> bool:
@@ -145,10 +225,21 @@ class EvaluationCallback(Callback):
         metrics: dict[str, float] = {}
         was_training = pl_module.training
         pl_module.eval()
+        returns: dict[str, float] = {}
+        rollouts: dict[str, TensorDictBase] = {}
+        episodes: dict[str, list[float]] = {}
+        if self.workers:  # started before the clock: its start-up is not part of the evaluation's seconds
+            batched, startup = self._batched_env(trainer)
+            if startup is not None:
+                metrics["eval/workers_startup_seconds"] = startup
         start = time.perf_counter()
-        returns, rollouts = {}, {}
-        for mode in self.modes:
-            episode, rollouts[mode] = run_episodes(self._env(trainer, mode), policy, self.episodes)
+        if self.workers:
+            seed = trainer.datamodule.hparams.seed  # type: ignore[attr-defined]
+            episodes, rollouts = self._batched_episodes(batched, policy, seed, count)
+        else:
+            for mode in self.modes:
+                episodes[mode], rollouts[mode] = run_episodes(self._env(trainer, mode), policy, self.episodes)
+        for mode, episode in episodes.items():
             returns[mode], metrics[f"eval/{mode}/return_std"] = summarize(episode)
             metrics[f"eval/{mode}/return_mean"] = returns[mode]
         metrics["eval/seconds"] = time.perf_counter() - start

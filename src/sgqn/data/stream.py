@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -347,9 +348,17 @@ class DMCDataModule(L.LightningDataModule):
 
         `mode` is a name from `sgqn.envs.MODES`, or ``distracting_cs@<intensity>``.
         """
+        return self.env_fn(mode, seed)()
+
+    def env_fn(
+        self, mode: str = "train", seed: int | None = None, reseed_mode: bool = False
+    ) -> partial[EnvBase]:
+        """`make_env` as a picklable function of no argument (a `ParallelEnv` worker builds its env with
+        it); `reseed_mode`: see `sgqn.envs.make_env`."""
         hp: Any = self.hparams
         name, _, intensity = mode.partition("@")
-        return make_env(
+        return partial(
+            make_env,
             hp.task,
             action_repeat=hp.action_repeat,
             frame_stack=hp.frame_stack,
@@ -359,6 +368,7 @@ class DMCDataModule(L.LightningDataModule):
             mode=name,
             intensity=float(intensity) if intensity else None,
             data=DataSources(hp.dmcgb_root, hp.davis_root, hp.places_root),
+            reseed_mode=reseed_mode,
         )
 
     def build(

@@ -29,6 +29,9 @@ def _positive(name: str, value: int) -> int:
     return value
 
 
+MODE_SEED_OFFSET = 1_000_003  # the test mode's appearance draws are seeded apart from the task's
+
+
 def make_env(
     name: str,
     *,
@@ -42,6 +45,7 @@ def make_env(
     render_quality: Literal["reference", "fast"] = "reference",
     data: Any = None,
     device: str = "cpu",
+    reseed_mode: bool = False,
 ) -> EnvBase:
     """A pixel DMC task as a TorchRL env.
 
@@ -59,6 +63,9 @@ def make_env(
         render_quality: ``"reference"`` (MuJoCo defaults) or ``"fast"`` (see `RenderQuality`).
         data: data sources for test modes (`sgqn.assets.DataSources`); ``None`` uses the embedded default.
         device: device of the output tensors.
+        reseed_mode: `set_seed(s)` also reseeds the test mode's appearance RNG (with s + `MODE_SEED_OFFSET`,
+            as construction does), so that a reseeded env's next episodes are a function of s alone
+            (parallel evaluation). Off: `set_seed` reseeds the task only (TorchRL's behaviour).
 
     An episode lasts `EPISODE_PHYSICS_STEPS / action_repeat` agent steps and ends *truncated* (never
     terminated): DMC tasks have no terminal states, so targets must bootstrap through the time limit.
@@ -67,7 +74,7 @@ def make_env(
     from torchrl.envs import CatFrames, DoubleToFloat, PermuteTransform, TransformedEnv
     from torchrl.envs.libs.dm_control import DMControlWrapper
 
-    from sgqn.envs.dmc import ActionRepeat, ModePixels
+    from sgqn.envs.dmc import ActionRepeat, ModePixels, ReseedingDMControlWrapper
     from sgqn.envs.modes import make_mode
 
     domain, task = split_task(name)
@@ -97,10 +104,11 @@ def make_env(
         camera_id=camera_id,
         mode=appearance,
         quality=quality,
-        mode_seed=seed + 1_000_003,
+        mode_seed=seed + MODE_SEED_OFFSET,
     )
+    wrapper = ReseedingDMControlWrapper if reseed_mode else DMControlWrapper
     env = TransformedEnv(
-        DMControlWrapper(pixel_env, device=device),
+        wrapper(pixel_env, device=device),
         DoubleToFloat(),
     )
     env.append_transform(PermuteTransform((-1, -3, -2), in_keys=["pixels"]))  # HWC → CHW

@@ -19,6 +19,7 @@ import dm_env  # noqa: E402
 import numpy as np  # noqa: E402
 from dm_control.mujoco.engine import Camera  # noqa: E402
 from dm_control.suite.wrappers import pixels  # noqa: E402
+from torchrl.envs.libs.dm_control import DMControlWrapper  # noqa: E402
 
 from sgqn.envs.modes.base import Mode  # noqa: E402
 from sgqn.envs.render import RenderQuality  # noqa: E402
@@ -123,6 +124,10 @@ class ModePixels(pixels.Wrapper):
             physics.set_state(state)
         return self.render_frame()
 
+    def reseed_mode(self, seed: int) -> None:
+        """A fresh appearance RNG: the next episodes' test-mode draws depend on `seed` alone."""
+        self.mode_rng = np.random.default_rng(seed)
+
     def mode_state(self) -> dict[str, Any]:
         """The test mode's RNG and appearance state (plain Python values)."""
         return {"rng": self.mode_rng.bit_generator.state, "mode": self.mode.state_dict()}
@@ -134,3 +139,14 @@ class ModePixels(pixels.Wrapper):
 
     def _add_pixel_observation(self, time_step: dm_env.TimeStep) -> dm_env.TimeStep:
         return time_step._replace(observation=collections.OrderedDict(pixels=self.render_frame()))
+
+
+class ReseedingDMControlWrapper(DMControlWrapper):
+    """`set_seed(s)` reseeds the task (TorchRL) and the test mode's appearance RNG (s + `MODE_SEED_OFFSET`)."""
+
+    def _set_seed(self, seed: int | None) -> None:
+        super()._set_seed(seed)
+        if seed is not None:
+            from sgqn.envs import MODE_SEED_OFFSET
+
+            self._env.reseed_mode(seed + MODE_SEED_OFFSET)
