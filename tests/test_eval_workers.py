@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 import torch
 from tensordict.nn import TensorDictModule
 from torchrl.envs import ParallelEnv
 
+from sgqn.cli import main
 from sgqn.data.stream import DMCDataModule
-from sgqn.evaluation import EvaluationCallback, run_batched_episodes
+from sgqn.evaluate import evaluate_checkpoint
+from sgqn.evaluation import EVAL_SEED_OFFSET, EvaluationCallback, run_batched_episodes
 from sgqn.module import SGQNModule
 
 MODES = ["train", "color_hard"]
@@ -107,3 +112,23 @@ def test_sgqn_fit_with_eval_workers_counts_their_start_once_and_stops_them(tmp_p
         set(point) >= {"eval/train/return_mean", "eval/color_hard/return_mean"}
         for point in figures["eval_returns"]
     )
+
+
+def test_sgqn_evaluate_with_workers_reports_the_episodes_it_ran_and_repeats_them(tmp_path: Path) -> None:
+    main(["fit", "-c", "conf/tiny.yaml", "--data.num_env_steps", "20", "--data.init_steps", "10",
+          "--eval.every_env_steps", "0", "--eval.at_end", "false", "--trainer.logger", "false",
+          "--trainer.default_root_dir", str(tmp_path / "outputs")])  # fmt: skip
+    (checkpoint,) = (tmp_path / "outputs").rglob("last.ckpt")
+    out = tmp_path / "results"
+    main(["evaluate", "--ckpt", str(checkpoint), "--modes", "train", "color_hard", "--episodes", "3",
+          "--workers", "2", "--out", str(out), "--no-log"])  # fmt: skip
+    with (out / "results.csv").open() as f:
+        rows = {row["mode"]: row for row in csv.DictReader(f)}
+    assert set(rows) == set(MODES) and all(row["episodes"] == "3" for row in rows.values())
+    # The same episodes again (the seeds are the checkpoint's and --seed-offset's): 3 per mode, 2 rounds.
+    again = evaluate_checkpoint(
+        str(checkpoint), MODES, episodes=3, seed_offset=EVAL_SEED_OFFSET + 1, workers=2
+    )
+    assert {mode: len(returns) for mode, returns in again.items()} == {mode: 3 for mode in MODES}
+    for mode in MODES:
+        assert float(rows[mode]["return_mean"]) == pytest.approx(statistics.fmean(again[mode]), abs=1e-6)

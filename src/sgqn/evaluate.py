@@ -16,15 +16,24 @@ from typing import Any
 import torch
 
 from sgqn.console import HelpFormatter
-from sgqn.evaluation import DEFAULT_MODES, EVAL_SEED_OFFSET, episode_returns, summarize
+from sgqn.evaluation import (
+    DEFAULT_MODES,
+    EVAL_SEED_OFFSET,
+    episode_returns,
+    run_mode_episodes,
+    start_workers,
+    stop_workers,
+    summarize,
+)
 
 log = logging.getLogger("sgqn.evaluation")
 
 
 def evaluate_checkpoint(
-    path: str, modes: Sequence[str], episodes: int, seed_offset: int
+    path: str, modes: Sequence[str], episodes: int, seed_offset: int, workers: int = 0
 ) -> dict[str, list[float]]:
-    """Returns per mode for the policy stored in one checkpoint, with the env settings it trained on."""
+    """Returns per mode for the policy stored in one checkpoint, with the env settings it trained on;
+    `workers` > 0: in that many env processes per mode, all modes at once (`sgqn.evaluation`)."""
     from sgqn.data.stream import DMCDataModule
     from sgqn.module import SGQNModule
 
@@ -33,7 +42,13 @@ def evaluate_checkpoint(
     datamodule = DMCDataModule.from_checkpoint(path)
     policy = module.policy_module(deterministic=True)
     seed = datamodule.hparams.seed + seed_offset  # type: ignore[attr-defined]
-    return {m: episode_returns(datamodule.make_env(mode=m, seed=seed), policy, episodes) for m in modes}
+    if not workers:
+        return {m: episode_returns(datamodule.make_env(mode=m, seed=seed), policy, episodes) for m in modes}
+    env = start_workers(datamodule, modes, workers, seed)
+    try:
+        return run_mode_episodes(env, policy, modes, episodes, seed)[0]
+    finally:
+        stop_workers(env)
 
 
 def results_table(per_checkpoint: dict[str, dict[str, list[float]]]) -> list[dict[str, Any]]:
@@ -179,6 +194,12 @@ def evaluate_parser() -> argparse.ArgumentParser:
         help="added to each checkpoint's training seed to seed the eval envs (distinct from the "
         "training env's and from the evaluations during fit)",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="env processes per mode, every mode's episodes at once (0: one after another, in this process)",
+    )
     parser.add_argument("--no-log", action="store_true", help="do not attach the tables to the MLflow runs")
     return parser
 
@@ -203,7 +224,11 @@ def evaluate_main(argv: Sequence[str]) -> None:
                 parser.error(f"--run {run}: {err}")
             log.info("run %s: %s", run, found)
             runs[str(found)] = (run_id, args.tracking_uri)
-    per_checkpoint = {p: evaluate_checkpoint(p, args.modes, args.episodes, args.seed_offset) for p in runs}
+    if args.workers < 0:
+        parser.error(f"--workers must be >= 0, got {args.workers}")
+    per_checkpoint = {
+        p: evaluate_checkpoint(p, args.modes, args.episodes, args.seed_offset, args.workers) for p in runs
+    }
     rows = results_table(per_checkpoint)
     files = write_tables(rows, args.out)
     print(files[1].read_text())

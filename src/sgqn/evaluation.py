@@ -64,6 +64,36 @@ def run_batched_episodes(env: EnvBase, policy: Any, rounds: int, seed: int) -> t
     return torch.stack(returns), first
 
 
+def start_workers(datamodule: Any, modes: Sequence[str], workers: int, seed: int) -> EnvBase:
+    """`workers` env processes per mode of `datamodule`'s settings (mode i: sub-envs i·N … (i+1)·N − 1),
+    whose `set_seed` also reseeds the test mode's appearance draws. This process keeps its intra-op
+    threads (TorchRL would take one per worker); each worker renders with one."""
+    functions = [datamodule.env_fn(mode, seed, reseed_mode=True) for mode in modes for _ in range(workers)]
+    env = ParallelEnv(len(functions), functions, mp_start_method="spawn", num_threads=torch.get_num_threads())
+    env.start()
+    return env
+
+
+def stop_workers(env: EnvBase) -> None:
+    threads = torch.get_num_threads()
+    env.close()
+    torch.set_num_threads(threads)  # TorchRL's close hands its workers' threads to this process
+
+
+def run_mode_episodes(
+    env: EnvBase, policy: Any, modes: Sequence[str], episodes: int, seed: int
+) -> tuple[dict[str, list[float]], dict[str, TensorDictBase]]:
+    """`episodes` returns per mode from `start_workers`' env, reseeded from `seed` (see
+    `run_batched_episodes`), and each mode's first rollout."""
+    workers = env.batch_size[0] // len(modes)
+    returns, rollout = run_batched_episodes(env, policy, math.ceil(episodes / workers), seed)
+    per_mode, rollouts = {}, {}
+    for i, mode in enumerate(modes):  # round by round, worker by worker
+        per_mode[mode] = returns[:, i * workers : (i + 1) * workers].reshape(-1)[:episodes].tolist()
+        rollouts[mode] = rollout[i * workers]
+    return per_mode, rollouts
+
+
 def episode_returns(env: EnvBase, policy: Any, episodes: int) -> list[float]:
     return run_episodes(env, policy, episodes)[0]
 
@@ -172,36 +202,14 @@ class EvaluationCallback(Callback):
             return self._batched, None
         start = time.perf_counter()
         dm = trainer.datamodule  # type: ignore[attr-defined]
-        seed = dm.hparams.seed + EVAL_SEED_OFFSET  # reseeded per evaluation; this only builds them
-        functions = [
-            dm.env_fn(mode, seed, reseed_mode=True) for mode in self.modes for _ in range(self.workers)
-        ]
-        # TorchRL would take one intra-op thread from this process per worker (the learner's).
-        self._batched = ParallelEnv(
-            len(functions), functions, mp_start_method="spawn", num_threads=torch.get_num_threads()
-        )
-        self._batched.start()
+        # Seeded per evaluation (`evaluate`); this seed only builds them.
+        self._batched = start_workers(dm, self.modes, self.workers, dm.hparams.seed + EVAL_SEED_OFFSET)
         return self._batched, time.perf_counter() - start
-
-    def _batched_episodes(
-        self, env: EnvBase, policy: Any, seed: int, count: int
-    ) -> tuple[dict[str, list[float]], dict[str, TensorDictBase]]:
-        """Evaluation `count`'s episodes per mode in the worker envs, and each mode's first rollout."""
-        rounds = math.ceil(self.episodes / self.workers)
-        returns, rollout = run_batched_episodes(env, policy, rounds, seed + EVAL_SEED_OFFSET + count * 1000)
-        episodes, rollouts = {}, {}
-        for i, mode in enumerate(self.modes):  # mode i: sub-envs i·N … (i+1)·N − 1; episodes round by round
-            ours = returns[:, i * self.workers : (i + 1) * self.workers]
-            episodes[mode] = ours.reshape(-1)[: self.episodes].tolist()
-            rollouts[mode] = rollout[i * self.workers]
-        return episodes, rollouts
 
     def close(self) -> None:
         """Stop the worker processes (the next evaluation starts new ones)."""
         if self._batched is not None:
-            threads = torch.get_num_threads()
-            self._batched.close()
-            torch.set_num_threads(threads)  # TorchRL's close hands its workers' threads to this process
+            stop_workers(self._batched)
             self._batched = None
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -233,9 +241,9 @@ class EvaluationCallback(Callback):
             if startup is not None:
                 metrics["eval/workers_startup_seconds"] = startup
         start = time.perf_counter()
-        if self.workers:
-            seed = trainer.datamodule.hparams.seed  # type: ignore[attr-defined]
-            episodes, rollouts = self._batched_episodes(batched, policy, seed, count)
+        if self.workers:  # evaluation `count`'s episodes, whatever ran before (a resume included)
+            seed = trainer.datamodule.hparams.seed + EVAL_SEED_OFFSET + count * 1000  # type: ignore[attr-defined]
+            episodes, rollouts = run_mode_episodes(batched, policy, self.modes, self.episodes, seed)
         else:
             for mode in self.modes:
                 episodes[mode], rollouts[mode] = run_episodes(self._env(trainer, mode), policy, self.episodes)
