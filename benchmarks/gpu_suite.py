@@ -119,7 +119,7 @@ class Suite:
         code = self.run("update", [command], self.args.update_limit_s)[0]
         figures = _read(self.work / "update_step.json")
         return {"status": _status(code), **{k: figures[k] for k in ("device", "torch") if k in figures},
-                "rows": figures.get("rows", [])}  # fmt: skip
+                "rows": figures.get("rows", []), "fastest": figures.get("fastest", {})}  # fmt: skip
 
     def throughput(self) -> dict[str, Any]:
         if self.args.smoke:
@@ -147,12 +147,9 @@ class Suite:
         return {"status": "ok" if not failed else f"failed: {failed}", "variant": variant, **results}
 
     def _fastest(self, algorithm: str, given: str | None, fallback: str = "default") -> str:
-        """`given`, else the algorithm's fastest row of ours in this call's update part, else `fallback`."""
-        rows = self.figures["parts"].get("update", {}).get("rows", [])
-        ours = [
-            r for r in rows if r["algorithm"] == algorithm and r["variant"] != "reference" and "best_ms" in r
-        ]
-        return given or (min(ours, key=lambda r: r["best_ms"])["variant"] if ours else fallback)
+        """`given`, else the algorithm's fastest row of ours in this call's update part (as update_step.py
+        picks it), else `fallback`."""
+        return given or self.figures["parts"].get("update", {}).get("fastest", {}).get(algorithm, fallback)
 
     def parity(self) -> dict[str, Any]:
         fastest = self._fastest("sac", self.args.parity_variant, "tf32")
@@ -230,11 +227,9 @@ def markdown(figures: dict[str, Any]) -> str:
                     "—" if row is None else row.get("failed", "")[:40] or f"{row['ms_per_update']:.1f}{busy}"
                 )
             lines.append(f"| {variant} | " + " | ".join(cells) + " |")
-        timed = [r for r in update["rows"] if r["algorithm"] == "sgqn" and "best_ms" in r]
-        reference = next((r for r in timed if r["variant"] == "reference"), None)
-        ours = [r for r in timed if r["variant"] != "reference"]
-        if reference and ours:
-            fastest = min(ours, key=lambda r: r["best_ms"])
+        timed = {r["variant"]: r for r in update["rows"] if r["algorithm"] == "sgqn" and "best_ms" in r}
+        reference, fastest = timed.get("reference"), timed.get(update.get("fastest", {}).get("sgqn", ""))
+        if reference and fastest:
             ratio = reference["best_ms"] / fastest["best_ms"]
             lines.append(
                 f"\nSGQN learner, reference order ÷ fastest ({fastest['variant']}): {ratio:.1f}× (best cycles)"

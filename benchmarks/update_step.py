@@ -332,7 +332,7 @@ def _summary(
     failed: dict[tuple[str, str], str],
     warmup: int,
     row_seconds: dict[tuple[str, str], float],
-    busy: dict[tuple[str, str], list[float]] | None = None,
+    busy: dict[tuple[str, str], list[float]],
 ) -> tuple[list[dict[str, Any]], dict[str, tuple[float, str]]]:
     """The rows timed or failed so far (ms; `times`: each run's update times; `busy`: each run's device
     busy ms per update), and per algorithm its fastest variant of ours (best ms)."""
@@ -358,8 +358,8 @@ def _summary(
              "odd_ms": round(statistics.median(odd) * 1e3, 2), "updates_timed": len(even) + len(odd),
              "row_s": round(row_seconds.get((variant, algorithm), 0.0), 1)}
         )  # fmt: skip
-        if (busy or {}).get((variant, algorithm)):
-            table[-1]["busy_ms"] = round(statistics.mean(busy[variant, algorithm]), 2)  # type: ignore[index]
+        if busy.get((variant, algorithm)):
+            table[-1]["busy_ms"] = round(statistics.mean(busy[variant, algorithm]), 2)
     return table, fastest
 
 
@@ -456,9 +456,10 @@ def main() -> None:
                     times[row].append(result[0])
                     busy[row] += [result[1]] if result[1] is not None else []
                 if args.json:  # after every row: a run stopped from outside keeps the rows it timed
-                    done = _summary(times, failed, args.warmup, row_seconds, busy)[0]
+                    done, fastest = _summary(times, failed, args.warmup, row_seconds, busy)
+                    picks = {algorithm: variant for algorithm, (_, variant) in fastest.items()}
                     args.json.write_text(json.dumps({"device": where, "torch": torch.__version__, **shape,
-                                                     "rows": done}))  # fmt: skip
+                                                     "rows": done, "fastest": picks}))  # fmt: skip
     table, fastest = _summary(times, failed, args.warmup, row_seconds, busy)
     for entry in table:
         algorithm, variant = entry["algorithm"], entry["variant"]

@@ -80,7 +80,7 @@ def test_the_markdown_names_failed_and_missing_parts_rather_than_filling_them_in
                 {"algorithm": "sac", "variant": "default", "ms_per_update": 6.5, "best_ms": 6.1, "busy_ms": 5.04},
                 {"algorithm": "sgqn", "variant": "default", "ms_per_update": 10.5, "best_ms": 10.0},
                 {"algorithm": "sgqn", "variant": "tf32+cudagraphs", "failed": "RuntimeError: boom"},
-            ]},
+            ], "fastest": {"sac": "default", "sgqn": "default"}},  # as update_step.py writes it
             "throughput": {"status": "ok", "seconds": 200, "variant": "tf32+benchmark", "overlap_true": {
                 "learning_steps_per_s (env + updates, no evaluation)": 20.5}},
             "parity": {"status": "not run: the suite's time was spent", "seconds": 0},

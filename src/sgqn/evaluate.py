@@ -211,6 +211,8 @@ def evaluate_main(argv: Sequence[str]) -> None:
     args = parser.parse_args(list(argv))
     if not args.ckpt and not args.run:
         parser.error("give checkpoints with --ckpt PATH ... and/or MLflow runs with --run RUN ...")
+    if args.workers < 0:
+        parser.error(f"--workers must be >= 0, got {args.workers}")
     runs: dict[str, tuple[str, str] | None] = {p: None for p in args.ckpt}  # None: read from the file
     if args.run:
         from mlflow import MlflowClient
@@ -224,8 +226,6 @@ def evaluate_main(argv: Sequence[str]) -> None:
                 parser.error(f"--run {run}: {err}")
             log.info("run %s: %s", run, found)
             runs[str(found)] = (run_id, args.tracking_uri)
-    if args.workers < 0:
-        parser.error(f"--workers must be >= 0, got {args.workers}")
     per_checkpoint = {
         p: evaluate_checkpoint(p, args.modes, args.episodes, args.seed_offset, args.workers) for p in runs
     }
