@@ -110,7 +110,7 @@ class Suite:
 
     def update(self) -> dict[str, Any]:
         if self.args.smoke:
-            shape = ["--quick", "--variants", "reference", "default", "tf32", "--profile", "2"]
+            shape = ["--quick", "--variants", "reference", "default", "tf32", "tf32+graph", "--profile", "2"]
         else:
             variants = self.args.update_variants
             shape = ["--repeats", "20", "--warmup", "6", "--row-timeout", "150", "--variants", *variants]
@@ -263,8 +263,9 @@ def main() -> None:
     parser.add_argument(
         "--update-variants",
         nargs="+",
-        default=["reference", "default", "tf32", "tf32+benchmark", "tf32+cudagraphs"],
-        # Others (nchw, bf16, bf16+cudagraphs, ...) when asked: ~20 s per eager row, and each compiled row
+        default=["reference", "default", "tf32", "tf32+graph", "tf32+cudagraphs", "tf32+benchmark"],
+        # Cheapest and likeliest first: a row the part's limit cuts is lost. Others (nchw, bf16,
+        # tf32+graph+compile_update, ...) when asked: ~20 s per eager or graph row, and each compiled row
         # spends a minute or two compiling.
         help="update_step.py rows (SGQN and SAC each; speed_variants.py)",
     )

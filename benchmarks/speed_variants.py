@@ -29,6 +29,9 @@ SPEED: dict[str, dict[str, Any]] = {  # token → SpeedOptions fields
     "ieee": {"tf32": False},
     "tf32": {"tf32": True},
     "cudagraphs": {"compile_update": True, "compile_mode": "reduce-overhead"},
+    # The whole update as one function per due pattern: one CUDA graph replay per update on a GPU (on
+    # the CPU, the same Python); "+compile_update" compiles that function whole.
+    "graph": {"graph_update": True},
 }
 TRAINER: dict[str, dict[str, Any]] = {  # token → lightning.Trainer arguments
     "benchmark": {"benchmark": True},  # cuDNN times its algorithms per conv shape and keeps the fastest
@@ -36,7 +39,7 @@ TRAINER: dict[str, dict[str, Any]] = {  # token → lightning.Trainer arguments
 ROW_ONLY = ("reference", "malloc")
 CPU_VARIANTS = ["fp32", "channels_last", "bf16", "compile", "cl+compile", "all", "compile_update"]
 CUDA_VARIANTS = ["reference", "default", "nchw", "ieee", "tf32", "tf32+benchmark", "bf16",
-                 "tf32+cudagraphs", "bf16+cudagraphs"]  # fmt: skip
+                 "tf32+graph", "tf32+graph+compile_update", "tf32+cudagraphs", "bf16+cudagraphs"]  # fmt: skip
 
 
 def tokens(variant: str) -> list[str]:

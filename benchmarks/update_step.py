@@ -3,7 +3,7 @@
     python benchmarks/update_step.py                       # paper size: batch 128, 11 conv layers, 84 px
     python benchmarks/update_step.py --quick               # tiny smoke run (CI)
     python benchmarks/update_step.py --variants fp32 channels_last --algorithms sgqn
-    python benchmarks/update_step.py --device cuda --variants reference default tf32 tf32+benchmark tf32+cudagraphs
+    python benchmarks/update_step.py --device cuda --variants reference default tf32 tf32+graph tf32+cudagraphs
 
 Each row runs the real `training_step` under a `lightning.Trainer` on synthetic batches and reports the
 mean over whole update cycles (the actor / target / aux steps run every 2nd update; "even"/"odd" columns
@@ -17,7 +17,9 @@ Every row runs in a fresh process; `--rounds N` repeats all rows round-robin. On
 the "best" column (contention only adds time). On `--device cuda` each update is timed between two
 `torch.cuda.synchronize()`, the batch comes from pinned host memory as the replay serves it, "ieee" /
 "tf32" set `--model.speed.tf32`, "+benchmark" sets `--trainer.benchmark` (cuDNN's autotuner),
-"+cudagraphs" compiles the whole update with mode "reduce-overhead" (CUDA graphs), and `--profile`
+"+cudagraphs" compiles every loss with mode "reduce-overhead" (CUDA graphs per loss; Adam eager), "+graph"
+replays the whole update, Adam steps included, as one CUDA graph per due pattern (after 2 eager calls
+per pattern: the warm-up must cover them), and `--profile`
 updates after the timed ones give the GPU's busy time per update (kernels, copies: what CUDA graphs
 cannot remove); a row that fails is reported as failed and the others still run.
 """
@@ -293,9 +295,12 @@ def measure_row(args: argparse.Namespace, variant: str, algorithm: str) -> tuple
     module = _module(args, variant, algorithm, args.device)
     slow = args.device == "cpu" and not {"bf16", "all"}.isdisjoint(tokens(variant))  # no native bf16 here
     repeats = args.slow_repeats if slow else args.repeats
+    warmup = args.warmup
+    if args.device == "cuda" and "graph" in tokens(variant):
+        warmup = max(warmup, 6)  # 2 eager calls then the capture, for each of the 2 due patterns
     if variant == "reference":
-        return time_reference(module, batch, args.warmup, repeats, args.device, args.profile)
-    return time_module(module, batch, args.warmup, repeats, args.device, trainer_args(variant), args.profile)
+        return time_reference(module, batch, warmup, repeats, args.device, args.profile)
+    return time_module(module, batch, warmup, repeats, args.device, trainer_args(variant), args.profile)
 
 
 def run_row(args: argparse.Namespace, variant: str, algorithm: str) -> tuple[list[float], float | None] | str:

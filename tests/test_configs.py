@@ -166,7 +166,7 @@ def test_speed_switches_are_their_own_group(capsys: pytest.CaptureFixture) -> No
     speed = config["model"]["speed"]
     assert speed == {
         "channels_last": False, "subpixel_decoder": True, "compile": False, "compile_update": False,
-        "compile_mode": None, "autocast_bf16": False, "tf32": None, "tune_malloc": True,
+        "compile_mode": None, "graph_update": False, "autocast_bf16": False, "tf32": None, "tune_malloc": True,
     }  # fmt: skip
     science = set(config["model"]) - {"speed"}
     assert not science & set(speed)  # no speed switch among the science settings

@@ -116,7 +116,7 @@ def test_the_smoke_suite_runs_every_part_and_writes_its_figures(tmp_path: Path) 
     rows = {(r["algorithm"], r["variant"]): r for r in parts["update"]["rows"]}
     assert set(rows) == {
         ("sgqn", "reference"),
-        *((a, v) for a in ("sgqn", "sac") for v in ("default", "tf32")),
+        *((a, v) for a in ("sgqn", "sac") for v in ("default", "tf32", "tf32+graph")),
     }
     assert all(r["busy_ms"] > 0 for r in rows.values())  # 2 profiled updates per row (CPU ops here)
     assert all(r["ms_per_update"] > 0 and r["updates_timed"] == 2 for r in rows.values())

@@ -39,10 +39,12 @@ from sgqn.objectives import Guidance, SACLoss, SaliencyGuidance, SVEAGuidance, V
 from sgqn.objectives.drqv2 import DrQv2Loss
 from sgqn.objectives.learner import Step, optimizer_step
 from sgqn.saliency import ZeroTies, attribution_mask, guided_backprop
+from sgqn.whole_update import WholeUpdates
 
 log = logging.getLogger(__name__)
 
 OnNonFinite = Literal["stop", "skip"]
+_CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # torch.compile's modes that capture CUDA graphs
 UpdateSchedule = Literal["reference", "counted"]
 
 
@@ -70,6 +72,13 @@ class SpeedOptions:
             graphs each update starts a new graph generation, the metrics kept past it are cloned off
             the graphs' memory pool and the grads are dropped after each optimizer step (the next replay
             overwrites its outputs; a kept grad failed Lightning's teardown on an H200).
+        graph_update: run the whole update (every loss, backward pass, Adam step and the target EMA) as
+            one function per due pattern (`sgqn.whole_update`): with `compile_update`, that function is
+            `torch.compile`d whole (mode `compile_mode`, which must then not be a CUDA-graph one) instead
+            of loss by loss; on a GPU, tensordict's `CudaGraphModule` captures it after two eager calls
+            and each later update is one CUDA graph replay (the Adams are then `capturable`). Lightning's
+            optimizer-step count is advanced outside it. Not with `on_nonfinite="skip"` (it stops an
+            update midway) nor with DrQ-v2 (its σ changes at every update); 32-bit trainer precision.
         autocast_bf16: convs under bf16 autocast on the module's device; losses and optimizers stay fp32
             (faster on GPUs and on CPUs with native bf16 — AMX / AVX512-BF16 — and much slower on other
             CPUs; changes numerics).
@@ -85,6 +94,7 @@ class SpeedOptions:
     compile: bool = False
     compile_update: bool = False
     compile_mode: str | None = None
+    graph_update: bool = False
     autocast_bf16: bool = False
     tf32: bool | None = None
     tune_malloc: bool = True
@@ -334,7 +344,12 @@ class SGQNModule(L.LightningModule):
         # predictor's run on some updates only, and a log point must show them all (checkpointed).
         self._unlogged: dict[str, Tensor] = {}
         self._optimizer_names: list[str] = []  # set by `configure_optimizers`
-        if speed.compile_update:
+        self._whole_updates: WholeUpdates | None = None  # built with the optimizers (`graph_update`)
+        if speed.graph_update:
+            self._check_graph_update(speed, on_nonfinite)
+            if speed.compile_update and isinstance(self.loss.guidance, SaliencyGuidance):
+                self.loss.guidance.separate_guided_forward = True  # one compiled rule per forward
+        elif speed.compile_update:
             self._compile_update(speed.compile_mode)
         elif speed.compile:
             self._compile_pure_parts()
@@ -366,11 +381,29 @@ class SGQNModule(L.LightningModule):
             log.info("glibc malloc tuned: no mmap'd allocations, no trimming")
         if self.speed.tf32 is not None:
             devices.set_tf32(self.speed.tf32)
+        precision = str(getattr(self._trainer, "precision", "32-true"))
+        if self.speed.graph_update and precision not in ("32-true", "32"):
+            # The recorded update calls `backward` itself, without Lightning's precision plugin.
+            raise ValueError(f"speed.graph_update needs trainer.precision 32-true, not {precision!r}")
         overlay = self.loss.guidance.overlay_bank()
         if overlay is not None and overlay.images is None:
             from sgqn.assets.sources import load_overlay_images  # lazy: the data side is heavy to import
 
             self.set_overlay_images(load_overlay_images(hp.overlay_root, hp.observation_shape[-1]))
+
+    def _check_graph_update(self, speed: SpeedOptions, on_nonfinite: str) -> None:
+        if on_nonfinite == "skip":
+            raise ValueError('speed.graph_update needs on_nonfinite="stop": "skip" stops an update midway')
+        if not self.loss.graphable:
+            raise ValueError(
+                f"speed.graph_update: {self.hparams['algorithm']}'s update reads the agent step at every "
+                "update (DrQ-v2's σ schedule), so no recorded update can be replayed"
+            )
+        if speed.compile_update and speed.compile_mode in _CUDA_GRAPH_MODES:
+            raise ValueError(
+                f"speed.graph_update captures CUDA graphs itself: compile_mode {speed.compile_mode!r} would "
+                "capture them twice (use None or max-autotune-no-cudagraphs)"
+            )
 
     def _compile_pure_parts(self) -> None:
         # Only the no-grad forwards: there inductor fuses each conv with its ReLU (~25% faster encoder
@@ -382,8 +415,9 @@ class SGQNModule(L.LightningModule):
     @property
     def _cuda_graphs(self) -> bool:
         """The compiled update replays CUDA graphs (torch.compile's modes that use them, on a GPU)."""
-        modes = ("reduce-overhead", "max-autotune")
-        return self.speed.compile_update and self.speed.compile_mode in modes and self.device.type == "cuda"
+        speed = self.speed
+        graphs = speed.compile_update and not speed.graph_update and speed.compile_mode in _CUDA_GRAPH_MODES
+        return graphs and self.device.type == "cuda"
 
     def _compile_update(self, mode: str | None) -> None:
         # Each loss is compiled where it is defined (learner, guidance); the update's order, its due
@@ -400,10 +434,16 @@ class SGQNModule(L.LightningModule):
         hp: Any = self.hparams
         groups = self.loss.all_param_groups()
         self._optimizer_names = list(groups)  # the order of `self.optimizers()`
-        return [
-            torch.optim.Adam(params, lr=hp[f"{prefix}_lr"], betas=(hp[f"{prefix}_beta"], 0.999))
+        # A CUDA graph replays Adam's step count on the device: `capturable` (the same update).
+        capturable = self.speed.graph_update and self.device.type == "cuda"
+        optimizers: list[torch.optim.Optimizer] = [
+            torch.optim.Adam(
+                params, lr=hp[f"{prefix}_lr"], betas=(hp[f"{prefix}_beta"], 0.999), capturable=capturable
+            )
             for params, prefix in groups.values()
         ]
+        self._whole_updates = None  # recorded again over these optimizers
+        return optimizers
 
     # ------------------------------------------------------------------ training
 
@@ -489,11 +529,42 @@ class SGQNModule(L.LightningModule):
         """One agent update of the learner (its order: `sgqn.objectives.learner`), whose frequencies are
         keyed on `step`; returns its metrics."""
         optimizers = dict(zip(self._optimizer_names, self.optimizers(), strict=True))  # type: ignore[arg-type]
+        if self.speed.graph_update:
+            return self._whole_update(batch, step, losses, optimizers)
 
         def optimize(optimizer: str, name: str, loss: Tensor) -> None:
             self._optimize(optimizers[optimizer], loss, name, losses)
 
         return self.loss.update(batch, step, optimize)
+
+    def _whole_update(
+        self, batch: TensorDictBase, step: int, losses: dict[str, Tensor], optimizers: dict[str, Any]
+    ) -> dict[str, Tensor]:
+        """`_update` as one recorded function per due pattern (`SpeedOptions.graph_update`)."""
+        if self._whole_updates is None:
+            raw = {name: getattr(opt, "optimizer", opt) for name, opt in optimizers.items()}  # unwrapped
+            self._whole_updates = WholeUpdates(
+                self.loss,
+                raw,
+                compile=self.speed.compile_update,
+                compile_mode=self.speed.compile_mode,
+                cuda_graphs=self.device.type == "cuda",
+                before_capture=self._pause_collection,
+            )
+        metrics, optimised, stepped = self._whole_updates(batch, step)
+        losses |= optimised
+        for name in stepped:  # what `LightningOptimizer.step` reports to the loop: `global_step` counts it
+            for report in ("_on_before_step", "_on_after_step"):
+                getattr(optimizers[name], report, lambda: None)()
+        return metrics
+
+    def _pause_collection(self) -> None:
+        # An overlapped collector's policy forward on the GPU would break a CUDA graph capture; it
+        # restarts at the next agent step, keeping the steps it collected (as for a checkpoint).
+        stream = getattr(getattr(self._trainer, "datamodule", None), "stream", None)
+        pause = getattr(stream, "pause", None)
+        if pause is not None:
+            pause()
 
     def _env_steps(self) -> int | None:
         stats = getattr(getattr(self._trainer, "datamodule", None), "stats", None)

@@ -206,6 +206,18 @@ class Critic(nn.Module):
 _PHASE_ROWS = ((1.0, 0.0, 0.0), (0.0, 1.0, 1.0)), ((1.0, 1.0, 0.0), (0.0, 0.0, 1.0))
 
 
+def _phase_rows(like: Tensor) -> Tensor:
+    """`_PHASE_ROWS` as a tensor on `like`'s device, written there by fills: no host-to-device copy, which
+    a CUDA graph could not capture."""
+    phase = like.new_zeros(2, 2, 3)
+    for a, taps in enumerate(_PHASE_ROWS):
+        for tap, rows in enumerate(taps):
+            for row, value in enumerate(rows):
+                if value:
+                    phase[a, tap, row].fill_(value)
+    return phase
+
+
 def upsample_conv(x: Tensor, conv: nn.Conv2d, subpixel: bool = True) -> Tensor:
     """`conv(nearest_upsample_x2(x))` for a 3×3, padding-1 conv.
 
@@ -219,7 +231,7 @@ def upsample_conv(x: Tensor, conv: nn.Conv2d, subpixel: bool = True) -> Tensor:
         return conv(F.interpolate(x, scale_factor=2, mode="nearest"))
     weight, bias = conv.weight, conv.bias
     cout, cin = weight.shape[:2]
-    phase = torch.tensor(_PHASE_ROWS, dtype=weight.dtype, device=weight.device)  # [a, tap, kernel row]
+    phase = _phase_rows(weight)  # [a, tap, kernel row]
     kernel = torch.einsum("akr,bls,oirs->aboikl", phase, phase, weight).reshape(4 * cout, cin, 2, 2)
     x = x.contiguous(memory_format=torch.channels_last)
     kernel = kernel.contiguous(memory_format=torch.channels_last)

@@ -43,6 +43,7 @@ class DrQv2Loss(ValueLearner):
     critic: Critic
     target_critic: TargetHeads
     agent_step: Tensor
+    graphable = False  # σ follows the agent step at every update, not only the due rules
 
     def __init__(
         self,

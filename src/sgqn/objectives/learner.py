@@ -68,6 +68,10 @@ class Guidance(nn.Module):
         """The guidance's own optimisation steps, after the learner's (SGQN: the attribution predictor)."""
         return {}
 
+    def due_pattern(self, due_at: int) -> tuple[bool, ...]:
+        """Which of the guidance's optional steps run at `due_at` (see `ValueLearner.due_pattern`)."""
+        return ()
+
     # Methods computing a loss (or a no-grad target) from tensors, which `SpeedOptions.compile_update`
     # compiles; none may step an optimizer.
     compiled_losses: tuple[str, ...] = ()
@@ -102,6 +106,9 @@ class ValueLearner(LossModule):
     compilable: tuple[str, ...] = ("conv_features",)
     # The losses `SpeedOptions.compile_update` compiles (see `Guidance.compiled_losses`).
     compiled_losses: tuple[str, ...] = (*compilable, "critic_loss")
+    # Whether the update reads its agent step only through `due_pattern`, so that one recorded update
+    # replays every update of the same pattern (`SpeedOptions.graph_update`).
+    graphable: bool = True
 
     @dataclass
     class _AcceptedKeys:
@@ -133,6 +140,11 @@ class ValueLearner(LossModule):
 
     def target_due(self, due_at: int) -> bool:
         return True
+
+    def due_pattern(self, due_at: int) -> tuple[bool, ...]:
+        """Which optional steps of the update run at `due_at`: the learner's actor and target steps, then
+        the guidance's. Two updates with the same pattern run the same operations."""
+        return (self.actor_due(due_at), self.target_due(due_at), *self.guidance.due_pattern(due_at))
 
     def param_groups(self) -> ParamGroups:
         raise NotImplementedError

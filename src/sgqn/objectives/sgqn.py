@@ -112,8 +112,11 @@ class SaliencyGuidance(Guidance):
             "mask_full_frames": metrics["mask_full_frames"],
         }
 
+    def due_pattern(self, due_at: int) -> tuple[bool, ...]:
+        return (due_at % self.aux_update_freq == 0,)
+
     def after_critic(self, obs: Tensor, action: Tensor, due_at: int) -> Saliency | None:
-        return self.saliency(obs, action) if due_at % self.aux_update_freq == 0 else None
+        return self.saliency(obs, action) if self.due_pattern(due_at)[0] else None
 
     def actor_features(self, state: Saliency | None) -> Tensor | None:
         return None if state is None else state.features.detach()
