@@ -151,6 +151,9 @@ class ValueLearner(LossModule):
 
     # ------------------------------------------------------------------ shared pieces
 
+    # Eager under `torch.compile`: the two shifts then draw in program order (inductor may reorder
+    # independent random ops; torch 2.11's did, swapping the shifts of pixels and next pixels).
+    @torch.compiler.disable
     def augment(self, td: TensorDictBase) -> tuple[Tensor, Tensor]:
         """Independently shifted float copies of pixels and next pixels (DrQ `sample_drq`)."""
         keys = self.tensor_keys
