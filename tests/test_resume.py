@@ -93,17 +93,22 @@ def straight(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize(
-    ("every", "kill_at", "resume"),
-    # last.ckpt at step 70 (after the 40 warm-up steps, mid-episode) / at step 20 (during the warm-up)
-    [(70, 80, "--resume=auto"), (20, 30, "--ckpt_path=last")],
-    ids=["mid-episode-after-warm-up", "during-warm-up"],
+    ("every", "kill_at", "resume", "speed"),
+    # last.ckpt at step 70 (after the 40 warm-up steps, mid-episode) / at step 20 (during the warm-up);
+    # the whole update recorded per due pattern is, on the CPU, the straight run's eager update
+    [
+        (70, 80, "--resume=auto", []),
+        (20, 30, "--ckpt_path=last", []),
+        (70, 80, "--resume=auto", ["--model.speed.graph_update", "true"]),
+    ],
+    ids=["mid-episode-after-warm-up", "during-warm-up", "graph-update"],
 )
 def test_killed_and_resumed_run_equals_the_straight_run(
-    straight: Path, tmp_path: Path, every: int, kill_at: int, resume: str
+    straight: Path, tmp_path: Path, every: int, kill_at: int, resume: str, speed: list[str]
 ) -> None:
-    killed = _fit(tmp_path, "--checkpoint.every_env_steps", str(every), kill_at=kill_at)
+    killed = _fit(tmp_path, "--checkpoint.every_env_steps", str(every), *speed, kill_at=kill_at)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    resumed = _fit(tmp_path, "--checkpoint.every_env_steps", str(every), resume)
+    resumed = _fit(tmp_path, "--checkpoint.every_env_steps", str(every), *speed, resume)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "sgqn: resuming" in resumed.stderr
 
