@@ -15,6 +15,7 @@ optimizers must be `capturable` Adams on a GPU.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -99,7 +100,11 @@ class WholeUpdates:
         if self.cuda_graphs:
             from tensordict.nn import CudaGraphModule
 
-            run = CudaGraphModule(run, warmup=self.warmup)  # type: ignore[assignment]
+            with warnings.catch_warnings():
+                # It takes TensorDicts out of torch's pytree registry, process-wide, and says so; nothing
+                # of ours relies on that registration (the suites pass after it).
+                warnings.filterwarnings("ignore", "Tensordict is registered in PyTree")
+                run = CudaGraphModule(run, warmup=self.warmup)  # type: ignore[assignment]
         return _Pattern(run, optimizer_of)
 
 
