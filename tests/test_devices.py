@@ -3,8 +3,11 @@
 Like CUDA, `meta` refuses to mix with CPU tensors in an op ("Tensor on device meta is not on the expected
 device cpu"), and it has no data, so any host sync (`.item()`, `bool(...)`) also fails. A tensor created on
 the host inside an update, an observation not moved to the weights, an action not brought back to the env:
-each raises here as it would on a GPU. Copies back to the host go through `sgqn.devices.to_host`, which
-the tests replace by zeros of the right shape (a meta tensor holds no values to copy).
+each raises here as it would on a GPU. What `meta` lets through, host data entering the update (a tensor
+built on the device from Python data, a host tensor copied over or fed to a device op), `_NoHostData`
+records: a CUDA graph could not capture the copy or would replay a stale value. Copies back to the host go
+through `sgqn.devices.to_host`, which the tests replace by zeros of the right shape (a meta tensor holds no
+values to copy).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any
 import pytest
 import torch
 from tensordict import TensorDict
+from torch.overrides import TorchFunctionMode
 
 from sgqn import devices
 from sgqn.algorithms import ALGORITHMS
@@ -38,6 +42,35 @@ def _on_meta(algorithm: str) -> SGQNModule:
     return _module(algorithm).to(META)
 
 
+class _NoHostData(TorchFunctionMode):
+    """Records host data entering device computations, which `meta` lets through: a tensor built from
+    Python data on the device (`torch.tensor(..., device=...)`: a host-to-device copy at every call) and
+    a host tensor copied to the device or fed to an op with device tensors (its value read at launch).
+    A CUDA graph cannot capture the copies and would replay a stale value for the rest."""
+
+    MADE_FROM_DATA = frozenset({torch.tensor, torch.as_tensor, torch.Tensor.new_tensor})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: list[str] = []
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", str(func))
+        out = func(*args, **kwargs)
+        tensors = [t for t in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        on_host = [t for t in tensors if t.device.type == "cpu"]
+        on_device = [t for t in tensors if t.device.type != "cpu"]
+        if isinstance(out, torch.Tensor) and out.device.type != "cpu":
+            if func in self.MADE_FROM_DATA:
+                self.found.append(f"{name} built on {out.device} from host data")
+            elif on_host:
+                self.found.append(f"{name} brought a host tensor to {out.device}")
+        elif on_host and on_device:
+            self.found.append(f"{name} mixed host and device tensors")
+        return out
+
+
 @pytest.mark.parametrize("algorithm", list(ALGORITHMS))
 def test_the_whole_update_runs_on_the_module_device_with_no_host_sync(algorithm: str) -> None:
     module = _on_meta(algorithm)
@@ -45,7 +78,9 @@ def test_the_whole_update_runs_on_the_module_device_with_no_host_sync(algorithm:
     batch = devices.to_device(_batch(), META)  # the replay's host batch, moved as training_step does
     assert all(t.device == META for t in batch.values(include_nested=True, leaves_only=True))
     for due_at in (0, 1):  # every frequency due, then only the critic's
-        metrics = module.loss.update(batch, due_at, step)
+        with _NoHostData() as host_data:
+            metrics = module.loss.update(batch, due_at, step)
+        assert not host_data.found, host_data.found
         assert metrics and all(v.device in (META, devices.HOST) for v in metrics.values())
     for name, loss in stepped:
         assert loss.device == META, f"{name} was computed on {loss.device}"
