@@ -63,6 +63,7 @@ def test_the_n_step_target_by_hand() -> None:
             p.add_(0.05 * torch.randn_like(p))
     batch = _batch()
     next_obs = batch["next", "pixels"].float()
+    loss.at_step(5)  # what `update` does first: σ is read from the agent-step buffer
     torch.manual_seed(7)
     target = loss.target_value(next_obs, batch, due_at=5)
     torch.manual_seed(7)

@@ -78,7 +78,7 @@ class SpeedOptions:
             of loss by loss; on a GPU, tensordict's `CudaGraphModule` captures it after two eager calls
             and each later update is one CUDA graph replay (the Adams are then `capturable`). Lightning's
             optimizer-step count is advanced outside it. Not with `on_nonfinite="skip"` (it stops an
-            update midway) nor with DrQ-v2 (its σ changes at every update); 32-bit trainer precision.
+            update midway); 32-bit trainer precision.
         autocast_bf16: convs under bf16 autocast on the module's device; losses and optimizers stay fp32
             (faster on GPUs and on CPUs with native bf16 — AMX / AVX512-BF16 — and much slower on other
             CPUs; changes numerics).
@@ -394,11 +394,6 @@ class SGQNModule(L.LightningModule):
     def _check_graph_update(self, speed: SpeedOptions, on_nonfinite: str) -> None:
         if on_nonfinite == "skip":
             raise ValueError('speed.graph_update needs on_nonfinite="stop": "skip" stops an update midway')
-        if not self.loss.graphable:
-            raise ValueError(
-                f"speed.graph_update: {self.hparams['algorithm']}'s update reads the agent step at every "
-                "update (DrQ-v2's σ schedule), so no recorded update can be replayed"
-            )
         if speed.compile_update and speed.compile_mode in _CUDA_GRAPH_MODES:
             raise ValueError(
                 f"speed.graph_update captures CUDA graphs itself: compile_mode {speed.compile_mode!r} would "

@@ -40,7 +40,7 @@ class WholeUpdates:
     """`learner.update` per due pattern, optionally `torch.compile`d and captured as CUDA graphs.
 
     Args:
-        learner: the value learner (with its guidance) whose update this runs; `learner.graphable`.
+        learner: the value learner (with its guidance) whose `recordable_update` this runs.
         optimizers: its optimizers by name (plain `torch.optim` ones, not Lightning's wrappers).
         compile: `torch.compile` each pattern's whole update (mode `compile_mode`).
         cuda_graphs: capture each pattern's update as a CUDA graph at its `warmup`-th call, after eager
@@ -60,8 +60,6 @@ class WholeUpdates:
         warmup: int = 2,
         before_capture: Callable[[], None] | None = None,
     ) -> None:
-        if not learner.graphable:
-            raise ValueError(f"{type(learner).__name__}'s update reads its agent step beyond the due rules")
         self.learner, self.step = learner, optimizer_step(optimizers)
         self.compile, self.compile_mode = compile, compile_mode
         self.cuda_graphs, self.warmup, self.before_capture = cuda_graphs, warmup, before_capture
@@ -70,6 +68,7 @@ class WholeUpdates:
     def __call__(self, batch: TensorDictBase, due_at: int) -> tuple[Metrics, Metrics, list[str]]:
         """One update at agent step `due_at`: its metrics, the losses it optimised (detached) and the
         names of the optimizers it stepped, in order."""
+        self.learner.at_step(due_at)  # the buffers a replay reads (outside it: Python is not replayed)
         key = self.learner.due_pattern(due_at)
         pattern = self.patterns.get(key)
         if pattern is None:
@@ -92,7 +91,7 @@ class WholeUpdates:
                 optimizer_of[name] = optimizer  # the same every call: harmless when replayed
                 self.step(optimizer, name, loss)
 
-            return self.learner.update(batch, due_at, step), losses
+            return self.learner.recordable_update(batch, due_at, step), losses
 
         run: Run = whole
         if self.compile:

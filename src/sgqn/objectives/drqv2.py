@@ -43,7 +43,6 @@ class DrQv2Loss(ValueLearner):
     critic: Critic
     target_critic: TargetHeads
     agent_step: Tensor
-    graphable = False  # σ follows the agent step at every update, not only the due rules
 
     def __init__(
         self,
@@ -89,12 +88,16 @@ class DrQv2Loss(ValueLearner):
             mean = (self.actor if actor is None else actor)(obs)
             return mean if deterministic else truncated_normal_sample(mean, self.exploration_stddev(), None)
 
+    def at_step(self, due_at: int) -> None:
+        self.agent_step.fill_(due_at)  # σ of this update, and of `act` until the next one
+
+    # σ is read from the `agent_step` buffer, on the device: the value `stddev(due_at)` gives, as a
+    # float64 tensor that the noise multiplies after the same cast to float32 (`tests/test_drqv2.py`).
     def target_value(self, next_obs: Tensor, batch: TensorDictBase, due_at: int) -> Tensor:
-        self.agent_step.fill_(due_at)
         with torch.no_grad():
             features = self.critic.encoder(next_obs)  # the online encoder, as DrQ-v2
             next_action = truncated_normal_sample(
-                self.actor.mean(features), self.stddev(due_at), self.stddev_clip
+                self.actor.mean(features), self.exploration_stddev(), self.stddev_clip
             )
             q1, q2 = self.target_critic.heads(features, next_action)
             return batch.get(self.tensor_keys.reward) + self.bootstrap(batch, self.discount) * torch.min(
@@ -103,13 +106,13 @@ class DrQv2Loss(ValueLearner):
 
     def actor_step(self, features: Tensor, step: Step, due_at: int) -> Metrics:
         features = features.detach()
-        std = self.stddev(due_at)
+        std = self.exploration_stddev()
         action = truncated_normal_sample(self.actor.mean(features), std, self.stddev_clip)
         with frozen(self.critic):
             q1, q2 = self.critic.heads(features, action)
         loss = -torch.min(q1, q2).mean()
         step("actor", "loss_actor", loss)
-        return {"loss_actor": loss.detach(), "stddev": torch.tensor(std)}
+        return {"loss_actor": loss.detach(), "stddev": std.float()}
 
 
 __all__ = ["DrQv2Loss"]

@@ -106,9 +106,6 @@ class ValueLearner(LossModule):
     compilable: tuple[str, ...] = ("conv_features",)
     # The losses `SpeedOptions.compile_update` compiles (see `Guidance.compiled_losses`).
     compiled_losses: tuple[str, ...] = (*compilable, "critic_loss")
-    # Whether the update reads its agent step only through `due_pattern`, so that one recorded update
-    # replays every update of the same pattern (`SpeedOptions.graph_update`).
-    graphable: bool = True
 
     @dataclass
     class _AcceptedKeys:
@@ -143,8 +140,12 @@ class ValueLearner(LossModule):
 
     def due_pattern(self, due_at: int) -> tuple[bool, ...]:
         """Which optional steps of the update run at `due_at`: the learner's actor and target steps, then
-        the guidance's. Two updates with the same pattern run the same operations."""
+        the guidance's. Two updates with the same pattern run the same operations (`recordable_update`)."""
         return (self.actor_due(due_at), self.target_due(due_at), *self.guidance.due_pattern(due_at))
+
+    def at_step(self, due_at: int) -> None:
+        """Write the agent step into the learner's buffers, for what reads it beyond the due rules (DrQ-v2's
+        σ schedule). Runs before the update proper, outside a recorded one (which cannot read Python)."""
 
     def param_groups(self) -> ParamGroups:
         raise NotImplementedError
@@ -199,6 +200,12 @@ class ValueLearner(LossModule):
 
     def update(self, batch: TensorDictBase, due_at: int, step: Step) -> Metrics:
         """One agent update on `batch`, at agent step `due_at` (what the frequencies are keyed on)."""
+        self.at_step(due_at)
+        return self.recordable_update(batch, due_at, step)
+
+    def recordable_update(self, batch: TensorDictBase, due_at: int, step: Step) -> Metrics:
+        """The update after `at_step(due_at)`: it reads `due_at` only through the due rules, so one recorded
+        run of it replays every update of the same `due_pattern` (`sgqn.whole_update`)."""
         action = batch.get(self.tensor_keys.action)
         obs, next_obs = self.augment(batch)
 
