@@ -77,7 +77,8 @@ class SpeedOptions:
             `torch.compile`d whole (mode `compile_mode`, which must then not be a CUDA-graph one) instead
             of loss by loss; on a GPU, tensordict's `CudaGraphModule` captures it after two eager calls
             and each later update is one CUDA graph replay (the Adams are then `capturable`). Lightning's
-            optimizer-step count is advanced outside it. Not with `on_nonfinite="skip"` (it stops an
+            optimizer-step count is advanced outside it; its per-step hooks (`on_before_backward`,
+            `on_before_optimizer_step`, …) are not called. Not with `on_nonfinite="skip"` (it stops an
             update midway); 32-bit trainer precision.
         autocast_bf16: convs under bf16 autocast on the module's device; losses and optimizers stay fp32
             (faster on GPUs and on CPUs with native bf16 — AMX / AVX512-BF16 — and much slower on other
