@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from sgqn.envs import select_gl_backend
 
@@ -30,3 +32,15 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("SGQN_DEBUG", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return tmp_path
+
+
+@pytest.fixture
+def same_random_numbers() -> Iterator[None]:
+    """Compiled code draws from the eager RNG stream (inductor's `fallback_random`), so a compiled update
+    and an eager one see the same random numbers and can be compared."""
+    import torch._inductor.config as inductor
+
+    # Code compiled by an earlier test in this process (without `fallback_random`) would be reused.
+    torch._dynamo.reset()
+    with inductor.patch(fallback_random=True):
+        yield

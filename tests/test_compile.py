@@ -8,7 +8,6 @@ losses and weights must agree to float tolerance after several updates (every fr
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,15 +18,7 @@ from sgqn.module import SGQNModule
 from sgqn.objectives.sgqn import SaliencyGuidance
 from test_module import _batch, _module, _stepper
 
-
-@pytest.fixture(autouse=True)
-def same_random_numbers() -> Iterator[None]:
-    import torch._inductor.config as inductor
-
-    # Code compiled by an earlier test in this process (without `fallback_random`) would be reused.
-    torch._dynamo.reset()
-    with inductor.patch(fallback_random=True):
-        yield
+pytestmark = pytest.mark.usefixtures("same_random_numbers")  # conftest.py
 
 
 def _updates(module: SGQNModule, steps: int = 4) -> list[tuple[str, torch.Tensor]]:

@@ -6,7 +6,6 @@ eager fit's weights bit for bit, Lightning's step count included; compiled whole
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from types import SimpleNamespace
 
 import pytest
@@ -135,15 +134,6 @@ def test_graph_update_refuses_a_mixed_precision_trainer() -> None:
     module.trainer = trainer
     with pytest.raises(ValueError, match="precision"):
         module.setup("fit")
-
-
-@pytest.fixture
-def same_random_numbers() -> Iterator[None]:
-    import torch._inductor.config as inductor
-
-    torch._dynamo.reset()
-    with inductor.patch(fallback_random=True):
-        yield
 
 
 @pytest.mark.usefixtures("same_random_numbers")

@@ -348,10 +348,8 @@ class SGQNModule(L.LightningModule):
         self._whole_updates: WholeUpdates | None = None  # built with the optimizers (`graph_update`)
         if speed.graph_update:
             self._check_graph_update(speed, on_nonfinite)
-            if speed.compile_update and isinstance(self.loss.guidance, SaliencyGuidance):
-                self.loss.guidance.separate_guided_forward = True  # one compiled rule per forward
-        elif speed.compile_update:
-            self._compile_update(speed.compile_mode)
+        if speed.compile_update:  # with graph_update, `WholeUpdates` compiles the whole update instead
+            self._compile_update(speed.compile_mode, each_loss=not speed.graph_update)
         elif speed.compile:
             self._compile_pure_parts()
 
@@ -415,13 +413,14 @@ class SGQNModule(L.LightningModule):
         graphs = speed.compile_update and not speed.graph_update and speed.compile_mode in _CUDA_GRAPH_MODES
         return graphs and self.device.type == "cuda"
 
-    def _compile_update(self, mode: str | None) -> None:
+    def _compile_update(self, mode: str | None, each_loss: bool = True) -> None:
         # Each loss is compiled where it is defined (learner, guidance); the update's order, its due
         # rules and the optimizer steps stay Python, so what is compiled is exactly what eager runs.
-        for owner in (self.loss, self.loss.guidance):
-            for name in owner.compiled_losses:
-                setattr(owner, name, torch.compile(getattr(owner, name), mode=mode, dynamic=False))
-        if isinstance(self.loss.guidance, SaliencyGuidance):
+        if each_loss:
+            for owner in (self.loss, self.loss.guidance):
+                for name in owner.compiled_losses:
+                    setattr(owner, name, torch.compile(getattr(owner, name), mode=mode, dynamic=False))
+        if isinstance(self.loss.guidance, SaliencyGuidance):  # a compiled graph fixes one ReLU rule
             self.loss.guidance.separate_guided_forward = True
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:

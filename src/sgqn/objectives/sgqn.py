@@ -112,11 +112,14 @@ class SaliencyGuidance(Guidance):
             "mask_full_frames": metrics["mask_full_frames"],
         }
 
+    def aux_due(self, due_at: int) -> bool:
+        return due_at % self.aux_update_freq == 0
+
     def due_pattern(self, due_at: int) -> tuple[bool, ...]:
-        return (due_at % self.aux_update_freq == 0,)
+        return (self.aux_due(due_at),)
 
     def after_critic(self, obs: Tensor, action: Tensor, due_at: int) -> Saliency | None:
-        return self.saliency(obs, action) if self.due_pattern(due_at)[0] else None
+        return self.saliency(obs, action) if self.aux_due(due_at) else None
 
     def actor_features(self, state: Saliency | None) -> Tensor | None:
         return None if state is None else state.features.detach()
