@@ -98,7 +98,9 @@ def _differences(name: str, recorded: dict[str, Any], now: dict[str, Any]) -> li
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--record", action="store_true", help=f"write {RECORD.name} instead of comparing")
     parser.add_argument("--only", nargs="+", choices=ALGORITHMS, help="these tiny runs, no quick start")
     args = parser.parse_args()
@@ -110,7 +112,10 @@ def main() -> None:
     for name, run in runs.items():
         start = time.perf_counter()
         results[name] = run()
-        print(f"{name}: {len(results[name]['metrics'])} metrics, {time.perf_counter() - start:.0f} s", flush=True)
+        print(
+            f"{name}: {len(results[name]['metrics'])} metrics, {time.perf_counter() - start:.0f} s",
+            flush=True,
+        )
         if not args.record:
             if name not in recorded:
                 problems.append(f"{name}: nothing recorded")

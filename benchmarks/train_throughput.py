@@ -82,7 +82,7 @@ def main() -> None:
     parser.add_argument("--no-mlflow", action="store_true", help="no logger (a machine without MLflow)")
     args, overrides = parser.parse_known_args()
 
-    from sgqn.cli import cli_main
+    from sgqn.app.fit import cli_main
 
     PROBE["json"] = args.json
 

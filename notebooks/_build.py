@@ -119,10 +119,10 @@ INSPECT = [
         "stopped early, are listed below the table instead."
     ),
     new_code_cell(
-        "from sgqn.report.collect import collect_sweep\n"
-        "from sgqn.report.figures import draw_task, plot_modes\n"
-        "from sgqn.report.table import build_table, missing_text\n"
-        "from sgqn.sweeps.tracking import KIND_SWEEP, KIND_TAG\n\n"
+        "from sgqn.app.report.collect import collect_sweep\n"
+        "from sgqn.app.report.figures import draw_task, plot_modes\n"
+        "from sgqn.app.report.table import build_table, missing_text\n"
+        "from sgqn.app.sweeps.tracking import KIND_SWEEP, KIND_TAG\n\n"
         "SWEEP = os.environ.get('SGQN_SWEEP')\n"
         "if SWEEP is None:\n"
         "    parents = client.search_runs(\n"
@@ -171,7 +171,7 @@ EXPLORER = [
         "import sgqn.envs  # selects the OpenGL backend before dm_control loads\n"
         "from sgqn.data.stream import DMCDataModule\n"
         "from sgqn.module import SGQNModule\n"
-        "from sgqn.viz import saliency_grid\n\n"
+        "from sgqn.evaluation.viz import saliency_grid\n\n"
         "TRACKING_URI = os.environ.get('MLFLOW_TRACKING_URI', 'sqlite:///mlflow.db')\n"
         "EXPERIMENT = os.environ.get('SGQN_EXPERIMENT')\n"
         "MODE = os.environ.get('SGQN_MODE', 'video_hard')\n"
@@ -181,7 +181,7 @@ EXPLORER = [
     ),
     new_code_cell(
         "# The newest run with a checkpoint: in the folder its checkpoint_dir tag names, else uploaded.\n"
-        "from sgqn.tracking import find_checkpoint\n"
+        "from sgqn.app.tracking import find_checkpoint\n"
         "\n"
         "for run in client.search_runs([experiment.experiment_id], order_by=['start_time DESC']):\n"
         "    try:\n"

@@ -30,7 +30,7 @@ def tiny_sweep(work: Path, tracking_uri: str) -> tuple[str, dict[str, str]]:
     """A sweep parent run expecting the tiny run as its only trial: (its run id, the tags of that trial)."""
     from mlflow import MlflowClient
 
-    from sgqn.sweeps.tracking import child_tags, create_parent_run
+    from sgqn.app.sweeps.tracking import child_tags, create_parent_run
 
     config = yaml.safe_load(TINY.read_text())
     algorithm, task = config["model"]["algorithm"], config["data"]["task"]

@@ -10,10 +10,16 @@ import pytest
 import torch
 
 from cli_helpers import all_runs, fit_args
-from sgqn.checkpointing import AtomicCheckpointIO, GlobalRngState, find_last_checkpoint, load_checkpoint_file
-from sgqn.cli import main, resume_from_checkpoint
-from sgqn.schedule import Cadence
-from sgqn.validation import ConfigError
+from sgqn.app.checkpointing import (
+    AtomicCheckpointIO,
+    GlobalRngState,
+    find_last_checkpoint,
+    load_checkpoint_file,
+)
+from sgqn.app.cli import main
+from sgqn.app.errors import ConfigError
+from sgqn.app.fit import resume_from_checkpoint
+from sgqn.app.schedule import Cadence
 
 
 def test_a_failed_save_leaves_the_previous_checkpoint_whole(tmp_path: Path) -> None:

@@ -9,8 +9,8 @@ from pathlib import Path
 from mlflow import MlflowClient
 
 from cli_helpers import fit_args
-from sgqn.cli import main
-from sgqn.tracking import CHECKPOINT_DIR_TAG, find_checkpoint
+from sgqn.app.cli import main
+from sgqn.app.tracking import CHECKPOINT_DIR_TAG, find_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 

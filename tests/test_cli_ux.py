@@ -15,12 +15,13 @@ import pytest
 import yaml
 
 from cli_helpers import TINY, all_runs, fit_args, short_run
-from sgqn import validation
-from sgqn.checkpointing import AtomicCheckpointIO
-from sgqn.cli import cli_main, main
-from sgqn.console import suggest_options
-from sgqn.quiet import quiet_dependencies
-from sgqn.tracking import git_commit
+from sgqn.app import validation
+from sgqn.app.arguments import suggest_options
+from sgqn.app.checkpointing import AtomicCheckpointIO
+from sgqn.app.cli import main
+from sgqn.app.fit import cli_main
+from sgqn.app.quiet import quiet_dependencies
+from sgqn.app.tracking import git_commit
 
 REPO = Path(__file__).resolve().parents[1]
 # A few seconds per run: 30 agent steps, one final evaluation episode in the train env only.

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sgqn.cli import check_fit_args, cli_main
+from sgqn.app.errors import ConfigError
+from sgqn.app.fit import check_fit_args, cli_main
 from sgqn.data.stream import DMCDataModule
 from sgqn.envs import DEFAULT_ACTION_REPEAT, TASK_DEFAULTS, TASKS
 from sgqn.module import SGQNModule, SpeedOptions
-from sgqn.validation import ConfigError
 
 SMALL: dict = dict(
     observation_shape=(9, 32, 32), action_dim=2, num_conv_layers=2, num_filters=8, hidden_dim=16
@@ -141,7 +141,7 @@ def test_data_seed_also_seeds_torch() -> None:
     import torch
     from lightning.pytorch.cli import LightningCLI
 
-    from sgqn.cli import SGQNCLI
+    from sgqn.app.fit import SGQNCLI
     from sgqn.data.stream import DMCDataModule
     from sgqn.module import SGQNModule
 

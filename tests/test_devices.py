@@ -23,8 +23,8 @@ from sgqn import devices
 from sgqn.algorithms import ALGORITHMS
 from sgqn.data.replay import FrameReplay
 from sgqn.data.stream import DMCDataModule
+from sgqn.evaluation.viz import saliency_grid
 from sgqn.module import SGQNModule, SpeedOptions
-from sgqn.viz import saliency_grid
 from test_module import SIZE, _batch, _fit, _module, _params, _stepper
 
 META = torch.device("meta")
@@ -125,7 +125,7 @@ def test_saliency_maps_from_device_weights_come_back_to_the_host(fake_host: None
 
 
 def test_an_evaluation_rollout_with_device_weights(fake_host: None) -> None:
-    from sgqn.evaluation import run_episodes
+    from sgqn.evaluation.episodes import run_episodes
 
     dm = DMCDataModule(task="cartpole_balance", image_size=SIZE, render_quality="fast", seed=3)
     module = _module("sgqn", observation_shape=dm.observation_shape, action_dim=dm.action_dim).to(META)

@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 from tensordict import TensorDict
 
 from cli_helpers import fit_args, short_run
-from sgqn.cli import main
+from sgqn.app.cli import main
 from sgqn.module import SGQNModule, SpeedOptions
 from sgqn.nets import AttributionDecoder, Critic
 from sgqn.nets_drqv2 import DeterministicActor, DrQv2Encoder, linear_schedule, truncated_normal_sample

@@ -143,7 +143,7 @@ def test_importing_the_env_package_probes_no_gl_backend_and_loads_no_mujoco() ->
 
     code = (
         "import os, sys; os.environ.pop('MUJOCO_GL', None)\n"
-        "import sgqn.envs, sgqn.validation\n"
+        "import sgqn.envs, sgqn.app.validation\n"
         "assert 'dm_control' not in sys.modules, 'dm_control imported'\n"
         "assert 'MUJOCO_GL' not in os.environ, 'probed'\n"
         "print(sgqn.envs.MODES[-1])"

@@ -16,10 +16,11 @@ import torch
 from tensordict.nn import TensorDictModule
 from torchrl.envs import ParallelEnv
 
-from sgqn.cli import main
+from sgqn.app.cli import main
+from sgqn.app.eval_callback import EvaluationCallback
+from sgqn.app.evaluate import evaluate_checkpoint
 from sgqn.data.stream import DMCDataModule
-from sgqn.evaluate import evaluate_checkpoint
-from sgqn.evaluation import EVAL_SEED_OFFSET, EvaluationCallback, run_batched_episodes
+from sgqn.evaluation.episodes import EVAL_SEED_OFFSET, run_batched_episodes
 from sgqn.module import SGQNModule
 
 MODES = ["train", "color_hard"]

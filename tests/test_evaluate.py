@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from sgqn.cli import main
+from sgqn.app.cli import main
+from sgqn.app.evaluate import evaluate_parser
+from sgqn.app.tracking import CHECKPOINT_DIR_TAG, find_checkpoint
 from sgqn.envs import MODES
-from sgqn.evaluate import evaluate_parser
-from sgqn.tracking import CHECKPOINT_DIR_TAG, find_checkpoint
 
 
 @pytest.fixture

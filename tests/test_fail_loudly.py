@@ -21,20 +21,15 @@ from tensordict import TensorDict
 from torch.utils.data import DataLoader
 
 from cli_helpers import all_runs, fit_args, short_run
+from sgqn.app.callbacks import EnvStepCheckpoint
+from sgqn.app.cli import MLFLOW_HTTP_DEFAULTS, main
+from sgqn.app.dead_runs import process_alive
+from sgqn.app.tracking import SGQNMLFlowLogger
 from sgqn.assets.colors import load_color_settings
 from sgqn.assets.errors import DataSourceError
-from sgqn.callbacks import EnvStepCheckpoint
-from sgqn.cli import main
-from sgqn.guards import (
-    MLFLOW_HTTP_DEFAULTS,
-    TrainingDiverged,
-    check_weights,
-    nonfinite_message,
-    process_alive,
-)
+from sgqn.guards import TrainingDiverged, check_weights, nonfinite_message
 from sgqn.module import SGQNModule, SpeedOptions
 from sgqn.objectives import SACLoss
-from sgqn.tracking import SGQNMLFlowLogger
 
 REPO = Path(__file__).resolve().parents[1]
 # ~10 s: 50 agent steps, a checkpoint at 25.

@@ -4,7 +4,7 @@ import torch
 from torchrl.envs.utils import step_mdp
 
 from sgqn.envs import make_env
-from sgqn.generalization import (
+from sgqn.evaluation.generalization import (
     collect_states,
     generalization_gaps,
     saliency_consistency,

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from sgqn.cli import check_fit_args
+from sgqn.app.fit import check_fit_args
 from sgqn.module import SpeedOptions
 
 ROOT = Path(__file__).resolve().parents[1]

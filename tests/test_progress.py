@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from sgqn import progress
+from sgqn.app import progress
+from sgqn.app.eval_callback import EvaluationCallback
+from sgqn.app.progress import AgentStepProgressBar, Snapshot, format_line, format_number, format_postfix
 from sgqn.data.stream import StreamStats
-from sgqn.evaluation import EvaluationCallback
-from sgqn.progress import AgentStepProgressBar, Snapshot, format_line, format_number, format_postfix
 
 ESCAPE = "\x1b["
 REPO = Path(__file__).resolve().parents[1]
@@ -190,7 +190,7 @@ def test_terminal_bar_moves_during_the_warm_up_burst(
 def test_cli_replaces_lightnings_bar(tmp_path: Path) -> None:
     from lightning.pytorch.callbacks import ProgressBar
 
-    from sgqn.cli import SGQNCLI
+    from sgqn.app.fit import SGQNCLI
     from sgqn.data.stream import DMCDataModule
     from sgqn.module import SGQNModule
 

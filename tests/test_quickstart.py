@@ -11,7 +11,7 @@ import pytest
 from mlflow import MlflowClient
 
 from cli_helpers import fit_args
-from sgqn.cli import main
+from sgqn.app.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -18,12 +18,12 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 from PIL import Image
 
-from sgqn.report.cli import report_main, report_parser
-from sgqn.report.collect import MODE_ORDER, Curve, collect_experiment, collect_sweep, method_labels
-from sgqn.report.figures import mean_curve
-from sgqn.report.table import build_table, csv_rows, latex, markdown
-from sgqn.sweeps.tracking import child_tags, create_parent_run
-from sgqn.validation import ConfigError
+from sgqn.app.errors import ConfigError
+from sgqn.app.report.cli import report_main, report_parser
+from sgqn.app.report.collect import MODE_ORDER, Curve, collect_experiment, collect_sweep, method_labels
+from sgqn.app.report.figures import mean_curve
+from sgqn.app.report.table import build_table, csv_rows, latex, markdown
+from sgqn.app.sweeps.tracking import child_tags, create_parent_run
 
 EXPERIMENT, SWEEP, STEPS = "study", "grid", 4000
 TASKS = ("cartpole_swingup", "walker_walk")

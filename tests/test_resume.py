@@ -87,7 +87,7 @@ def straight(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("straight")
     done = _fit(root, "--checkpoint.every_env_steps", "70")
     assert done.returncode == 0, done.stderr[-3000:]
-    # A normal run prints no dependency's warning: filtered at the entry point (`sgqn.quiet`) or avoided.
+    # A normal run prints no dependency's warning: filtered at the entry point (`sgqn.app.quiet`) or avoided.
     assert "site-packages" not in done.stderr, done.stderr[-3000:]
     return root
 

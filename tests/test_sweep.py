@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from sgqn.sweeps.spec import load_sweep, parse_overrides
-from sgqn.sweeps.table import format_table
-from sgqn.sweeps.tracking import KIND_SWEEP, KIND_TAG, PARENT_TAG, TRIAL_TAG, expected_trials
-from sgqn.validation import ConfigError
+from sgqn.app.errors import ConfigError
+from sgqn.app.sweeps.spec import load_sweep, parse_overrides
+from sgqn.app.sweeps.table import format_table
+from sgqn.app.sweeps.tracking import KIND_SWEEP, KIND_TAG, PARENT_TAG, TRIAL_TAG, expected_trials
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "conf" / "tiny.yaml"

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from sgqn.viz import (
+from sgqn.evaluation.viz import (
     BACKGROUND,
     COLORMAP,
     GRID_ROWS,

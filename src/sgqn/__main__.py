@@ -1,6 +1,6 @@
 """`python -m sgqn …` is the `sgqn` command."""
 
-from sgqn.cli import main
+from sgqn.app.cli import main
 
 if __name__ == "__main__":
     main()

@@ -38,7 +38,7 @@ from typing import Any
 
 import yaml
 
-from sgqn.validation import ConfigError
+from sgqn.app.errors import ConfigError
 
 SHORTHANDS = {"algorithm": "model.algorithm", "task": "data.task", "seed": "data.seed"}
 KEYS = {

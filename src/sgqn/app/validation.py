@@ -8,39 +8,29 @@ modes requested.
 
 from __future__ import annotations
 
-import difflib
 import http.client
 import os
 import shutil
 import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from sgqn.algorithms import algorithms_with
+from sgqn.app.errors import ConfigError, did_you_mean
+from sgqn.app.tracking import default_tracking_uri, sqlite_path
 from sgqn.assets.clips import IMAGE_SUFFIXES
 from sgqn.assets.errors import DataSourceError
 from sgqn.assets.sources import PLACES_LAYOUT, DataSources
 from sgqn.data.replay import check_capacity_fits, check_disk_fits, default_replay_capacity
 from sgqn.envs import DEFAULT_ACTION_REPEAT, MODES, TASKS
 from sgqn.envs.modes.distracting import GROUND_PLANE_ALPHA, INTENSITIES, NUM_VIDEOS
-from sgqn.tracking import default_tracking_uri, sqlite_path
 
 MAX_ACTION_DIM = 6  # the largest action of `TASKS` (walker, cheetah): sizes the replay RAM check
 DISK_MARGIN_BYTES = 64 * 2**20  # MLflow's database, saliency grids, config.yaml
 SERVER_TIMEOUT_S = 3.0  # a tracking server that does not answer within this is reported at start-up
-
-
-class ConfigError(ValueError):
-    """An invalid configuration value; the message is one line naming the option and the fix."""
-
-
-def did_you_mean(word: str, choices: Iterable[str], n: int = 3) -> str:
-    """`` (did you mean 'a', 'b'?)`` for the choices close to `word`, else ``""``."""
-    close = difflib.get_close_matches(word, list(choices), n=n, cutoff=0.6)
-    return f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
 
 
 def resolved_data_params(data: Mapping[str, Any]) -> dict[str, Any]:

@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from sgqn.console import HelpFormatter
-from sgqn.evaluation import (
+from sgqn.app.console import HelpFormatter
+from sgqn.evaluation.episodes import (
     DEFAULT_MODES,
     EVAL_SEED_OFFSET,
     episode_returns,
@@ -112,8 +112,8 @@ def log_tables_to_runs(
 
 
 def evaluate_parser() -> argparse.ArgumentParser:
+    from sgqn.app.tracking import default_tracking_uri
     from sgqn.envs.names import DISTRACTING_CS_INTENSITIES, MODES
-    from sgqn.tracking import default_tracking_uri
 
     names = [m if m != "distracting_cs" else "distracting_cs@<intensity>" for m in MODES]
     intensities = ", ".join(map(str, DISTRACTING_CS_INTENSITIES))
@@ -205,7 +205,7 @@ def evaluate_parser() -> argparse.ArgumentParser:
 
 
 def evaluate_main(argv: Sequence[str]) -> None:
-    from sgqn.tracking import find_checkpoint, resolve_run
+    from sgqn.app.tracking import find_checkpoint, resolve_run
 
     parser = evaluate_parser()
     args = parser.parse_args(list(argv))

@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sgqn.sweeps.spec import SweepSpec, Trial
-from sgqn.sweeps.table import SweepTable
-from sgqn.sweeps.tracking import child_tags, create_parent_run
-from sgqn.sweeps.trial import DONE, STATUS, run_trial
-from sgqn.tracking import default_tracking_uri, sqlite_path
-from sgqn.validation import ConfigError
+from sgqn.app.errors import ConfigError
+from sgqn.app.sweeps.spec import SweepSpec, Trial
+from sgqn.app.sweeps.table import SweepTable
+from sgqn.app.sweeps.tracking import child_tags, create_parent_run
+from sgqn.app.sweeps.trial import DONE, STATUS, run_trial
+from sgqn.app.tracking import default_tracking_uri, sqlite_path
 
 
 @dataclass
@@ -70,7 +70,7 @@ def preflight(trials: list[Trial], folder: Path) -> None:
     """Every trial's `sgqn fit` options checked as `sgqn fit` checks them, before Ray or any MLflow run
     exists: a typo fails in seconds, not once per trial after the cluster has started. Seeds do not
     change what is valid, so one trial per distinct set of other options is checked."""
-    from sgqn.cli import check_fit_args
+    from sgqn.app.fit import check_fit_args
 
     seen: set[tuple[Any, ...]] = set()
     for trial in trials:

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import Run
 
-log = logging.getLogger("sgqn.tracking")
+log = logging.getLogger("sgqn.app.tracking")
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow 3 refuses the plain-folder store (`file:./mlruns`)
 
 
@@ -151,7 +151,7 @@ class SGQNMLFlowLogger(MLFlowLogger):
         if self._initialized:
             return self._mlflow_client
         resumed = self._run_id is not None
-        # The process that owns the run: `sgqn.guards` marks a RUNNING run KILLED once it is gone.
+        # The process that owns the run: `sgqn.app.dead_runs` marks a RUNNING run KILLED once it is gone.
         owner = {"pid": str(os.getpid()), "host": socket.gethostname()}
         if not resumed:
             if self._run_name is None:

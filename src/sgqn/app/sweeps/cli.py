@@ -6,8 +6,8 @@ import argparse
 import shlex
 from collections.abc import Sequence
 
-from sgqn.console import HelpFormatter
-from sgqn.sweeps.spec import load_sweep, parse_overrides
+from sgqn.app.console import HelpFormatter
+from sgqn.app.sweeps.spec import load_sweep, parse_overrides
 
 
 def sweep_parser() -> argparse.ArgumentParser:
@@ -72,7 +72,7 @@ def sweep_parser() -> argparse.ArgumentParser:
 
 
 def sweep_main(argv: Sequence[str]) -> None:
-    from sgqn.sweeps.runner import run_sweep, trial_config
+    from sgqn.app.sweeps.runner import run_sweep, trial_config
 
     args, rest = sweep_parser().parse_known_args(list(argv))
     spec = load_sweep(args.config, parse_overrides(rest))

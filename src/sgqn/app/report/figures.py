@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sgqn.report.collect import Collection, Curve
+from sgqn.app.report.collect import Collection, Curve
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

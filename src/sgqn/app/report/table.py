@@ -14,7 +14,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sgqn.report.collect import Collection
+from sgqn.app.report.collect import Collection
 
 AVERAGE = "average"
 

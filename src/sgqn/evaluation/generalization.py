@@ -20,7 +20,7 @@ from tensordict import TensorDict
 from torchrl.envs import EnvBase
 from torchrl.envs.utils import step_mdp
 
-from sgqn.viz import mask_iou, saliency_grid
+from sgqn.evaluation.viz import mask_iou, saliency_grid
 
 
 def pixel_wrapper(env: EnvBase):

@@ -7,8 +7,8 @@ task, method and test mode) and learning curves, read from the MLflow runs of a 
 - `cli`: the command (`report_parser`, `report_main`).
 """
 
-from sgqn.report.collect import Collection, Curve, Trial, collect_experiment, collect_sweep
-from sgqn.report.table import Cell, Table, build_table
+from sgqn.app.report.collect import Collection, Curve, Trial, collect_experiment, collect_sweep
+from sgqn.app.report.table import Cell, Table, build_table
 
 __all__ = [
     "Cell",

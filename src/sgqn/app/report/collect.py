@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from unittest import mock
 
 from sgqn.algorithms import ALGORITHMS
-from sgqn.envs.names import MODES
-from sgqn.sweeps.tracking import (
+from sgqn.app.errors import ConfigError, did_you_mean
+from sgqn.app.sweeps.tracking import (
     KIND_SWEEP,
     KIND_TAG,
     SWEEP_NAME_TAG,
@@ -28,7 +28,7 @@ from sgqn.sweeps.tracking import (
     expected_trials,
     find_sweep,
 )
-from sgqn.validation import ConfigError, did_you_mean
+from sgqn.envs.names import MODES
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient

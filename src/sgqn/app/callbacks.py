@@ -14,14 +14,14 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import MLFlowLogger
 
-from sgqn.schedule import Cadence, agent_steps
-from sgqn.tracking import CHECKPOINT_DIR_TAG
+from sgqn.app.schedule import Cadence, agent_steps
+from sgqn.app.tracking import CHECKPOINT_DIR_TAG
 
 
 class TrainingProgress(Callback):
     """Log agent steps, episode return, env frames/s and updates/s (MLflow step = agent steps).
 
-    The terminal shows them in `sgqn.progress.AgentStepProgressBar`, which the CLI adds.
+    The terminal shows them in `sgqn.app.progress.AgentStepProgressBar`, which the CLI adds.
 
     Args:
         every_env_steps: how often (in agent steps) the env metrics are sent to the loggers.
@@ -107,7 +107,7 @@ class EnvStepCheckpoint(ModelCheckpoint):
     """`ModelCheckpoint` on an agent-step cadence (`trainer.global_step` counts optimizer steps).
 
     When training starts, the folder's absolute path is recorded in each MLflow run as the
-    ``checkpoint_dir`` tag, so `sgqn.tracking.find_checkpoint` (``sgqn evaluate --run``) finds the
+    ``checkpoint_dir`` tag, so `sgqn.app.tracking.find_checkpoint` (``sgqn evaluate --run``) finds the
     checkpoints from the run without uploading them.
 
     Args:

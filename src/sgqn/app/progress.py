@@ -26,9 +26,9 @@ from lightning.pytorch.callbacks import ProgressBar
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from sgqn.app.eval_callback import EvaluationCallback
+from sgqn.app.schedule import Cadence
 from sgqn.data.stream import updates_due
-from sgqn.evaluation import EvaluationCallback
-from sgqn.schedule import Cadence
 
 PREFIX = "[sgqn]"
 _clock = time.perf_counter  # a module attribute, so that tests can drive time

@@ -1,20 +1,18 @@
-"""`sgqn fit` (LightningCLI over `SGQNModule` and `DMCDataModule`) and `sgqn evaluate`.
+"""`sgqn fit`: LightningCLI over the agent's LightningModule and `DMCDataModule`, with our checks,
+run names, progress bar and resume.
 
-sgqn fit --model.algorithm sgqn --data.task walker_walk --model.quantile 0.9 --data.num_env_steps 100000
-sgqn evaluate --ckpt run1.ckpt run2.ckpt --modes train color_hard video_hard --episodes 100
+sgqn fit --model.algorithm sgqn --data.task walker_walk --data.num_env_steps 100000
 """
 
 from __future__ import annotations
 
-import os
 import sys
 import time
-import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from sgqn.quiet import quiet_dependencies
+from sgqn.app.quiet import quiet_dependencies
 
 quiet_dependencies()  # before the imports below, which warn at import time
 
@@ -22,20 +20,18 @@ from lightning.pytorch import Trainer  # noqa: E402
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI  # noqa: E402
 from lightning.pytorch.loggers import MLFlowLogger  # noqa: E402
 
-from sgqn.assets.errors import DataSourceError  # noqa: E402
-from sgqn.callbacks import EnvStepCheckpoint, TrainingProgress  # noqa: E402
-from sgqn.checkpointing import (  # noqa: E402
+from sgqn.app.arguments import SGQNArgumentParser  # noqa: E402
+from sgqn.app.callbacks import EnvStepCheckpoint, TrainingProgress  # noqa: E402
+from sgqn.app.checkpointing import (  # noqa: E402
     GlobalRngState,
     find_last_checkpoint,
     load_checkpoint_file,
 )
-from sgqn.console import SUBCOMMANDS, SGQNArgumentParser, fail, fit_summary, help_text, one_line  # noqa: E402
-from sgqn.data.stream import DMCDataModule  # noqa: E402
-from sgqn.evaluation import EvaluationCallback  # noqa: E402
-from sgqn.guards import TrainingDiverged, mark_dead_runs_of, set_mlflow_http_defaults  # noqa: E402
-from sgqn.module import SGQNModule  # noqa: E402
-from sgqn.progress import with_progress_bar  # noqa: E402
-from sgqn.tracking import (  # noqa: E402
+from sgqn.app.console import fit_summary  # noqa: E402
+from sgqn.app.dead_runs import mark_dead_runs_of  # noqa: E402
+from sgqn.app.eval_callback import EvaluationCallback  # noqa: E402
+from sgqn.app.progress import with_progress_bar  # noqa: E402
+from sgqn.app.tracking import (  # noqa: E402
     MLflowSaveConfig,
     RecordRunId,
     SGQNMLFlowLogger,
@@ -43,14 +39,15 @@ from sgqn.tracking import (  # noqa: E402
     run_name,
     run_tags,
 )
-from sgqn.validation import (  # noqa: E402
+from sgqn.app.validation import (  # noqa: E402
     ConfigError,
     check_free_disk,
     checkpoint_bytes,
-    did_you_mean,
     resolved_data_params,
     validate_fit_config,
 )
+from sgqn.data.stream import DMCDataModule  # noqa: E402
+from sgqn.module import SGQNModule  # noqa: E402
 
 
 class SGQNCLI(LightningCLI):
@@ -109,7 +106,7 @@ class SGQNCLI(LightningCLI):
             print(fit_summary(self.trainer, self.started), flush=True)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        # Lightning's default bar counts batches; ours counts agent steps (`sgqn.progress`).
+        # Lightning's default bar counts batches; ours counts agent steps (`sgqn.app.progress`).
         config = self._get(self.config_init, "trainer", default={})
         every = self._get(self.config_init, "progress").print_every_env_steps
         kwargs.setdefault("callbacks", with_progress_bar(config, every))
@@ -139,7 +136,7 @@ class SGQNCLI(LightningCLI):
         )
         parser.set_defaults(
             {
-                "trainer.logger": {"class_path": "sgqn.tracking.SGQNMLFlowLogger"},
+                "trainer.logger": {"class_path": "sgqn.app.tracking.SGQNMLFlowLogger"},
                 # One epoch = the whole run: the data stream ends after `data.num_env_steps` agent steps.
                 "trainer.max_epochs": 1,
                 "trainer.max_steps": -1,
@@ -194,56 +191,10 @@ def cli_main(args: Sequence[str] | None = None, cli_class: type[SGQNCLI] = SGQNC
         # plugin is a class path: jsonargparse cannot serialise an instance and warned on every run.
         trainer_defaults={
             "callbacks": [RecordRunId(), GlobalRngState()],
-            "plugins": [{"class_path": "sgqn.checkpointing.AtomicCheckpointIO"}],
+            "plugins": [{"class_path": "sgqn.app.checkpointing.AtomicCheckpointIO"}],
         },
         args=None if args is None else list(args),
     )
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """The `sgqn` command. Configuration and data errors end in one line on stderr and exit status 2,
-    a diverged training run (`TrainingDiverged`) in exit status 3; ``--debug`` (anywhere) or
-    ``SGQN_DEBUG=1`` also prints their traceback."""
-    set_mlflow_http_defaults()
-    words = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in words or os.environ.get("SGQN_DEBUG", "") not in ("", "0")
-    words = [w for w in words if w != "--debug"]
-    if not words or words[0] in ("-h", "--help"):
-        (sys.stdout if words else sys.stderr).write(help_text())
-        if not words:
-            fail("a subcommand is required")
-        return
-    try:
-        if words[0] == "evaluate":
-            from sgqn.evaluate import evaluate_main
-
-            evaluate_main(words[1:])
-            return
-        if words[0] == "sweep":
-            from sgqn.sweeps.cli import sweep_main
-
-            sweep_main(words[1:])
-            return
-        if words[0] == "report":
-            from sgqn.report.cli import report_main
-
-            report_main(words[1:])
-            return
-        if not words[0].startswith("-") and words[0] not in SUBCOMMANDS:
-            hint = did_you_mean(words[0], SUBCOMMANDS)
-            fail(
-                f"unknown subcommand {words[0]!r}{hint}; valid: {', '.join(SUBCOMMANDS)}", "see `sgqn --help`"
-            )
-        cli_main(words)
-    except (ConfigError, DataSourceError) as err:
-        if debug:
-            traceback.print_exc()
-        fail(one_line(err), None if debug else "(--debug or SGQN_DEBUG=1 shows the traceback)")
-    except TrainingDiverged as err:  # not a usage error: the run started, and stopped with its own status
-        if debug:
-            traceback.print_exc()
-        sys.stderr.write(f"sgqn: error: {one_line(err)}\n")
-        raise SystemExit(err.exit_code) from None
 
 
 class _Checked(Exception):
@@ -266,4 +217,4 @@ def check_fit_args(args: Sequence[str]) -> None:
     raise AssertionError("the check-only CLI always stops before instantiating")  # pragma: no cover
 
 
-__all__ = ["SGQNCLI", "SGQNMLFlowLogger", "check_fit_args", "cli_main", "main"]
+__all__ = ["SGQNCLI", "check_fit_args", "cli_main", "resume_from_checkpoint"]

@@ -11,17 +11,17 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from sgqn.console import HelpFormatter
-from sgqn.report.collect import Collection, collect_experiment, collect_sweep
-from sgqn.report.figures import DEFAULT_MODES, write_curves
-from sgqn.report.table import build_table, markdown, write_tables
-from sgqn.validation import ConfigError, did_you_mean
+from sgqn.app.console import HelpFormatter
+from sgqn.app.errors import ConfigError, did_you_mean
+from sgqn.app.report.collect import Collection, collect_experiment, collect_sweep
+from sgqn.app.report.figures import DEFAULT_MODES, write_curves
+from sgqn.app.report.table import build_table, markdown, write_tables
 
 ARTIFACT_DIR = "report"  # where the files go in the sweep's parent run
 
 
 def report_parser() -> argparse.ArgumentParser:
-    from sgqn.tracking import default_tracking_uri
+    from sgqn.app.tracking import default_tracking_uri
 
     parser = argparse.ArgumentParser(
         prog="sgqn report",

@@ -4,7 +4,7 @@ What a checkpoint holds (one agent-step clock, saved once): Lightning's usual co
 nets, every optimizer, `log_alpha`, the `update_step` counter, callback states such as the evaluation,
 checkpoint and progress cadences), the data module's state (`DMCDataModule.state_dict`: stream counters,
 replay — on disk only its metadata —, the env mid-episode, the collector), the global RNGs
-(`GlobalRngState`) and the MLflow run id (`sgqn.tracking.RecordRunId`).
+(`GlobalRngState`) and the MLflow run id (`sgqn.app.tracking.RecordRunId`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from sgqn.validation import ConfigError
+from sgqn.app.errors import ConfigError
 
 LAST = "last.ckpt"
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from sgqn.tracking import experiment_ids, git_commit
+from sgqn.app.tracking import experiment_ids, git_commit
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
