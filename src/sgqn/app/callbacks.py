@@ -24,20 +24,20 @@ class TrainingProgress(Callback):
     The terminal shows them in `sgqn.app.progress.AgentStepProgressBar`, which the CLI adds.
 
     Args:
-        every_env_steps: how often (in agent steps) the env metrics are sent to the loggers.
-        print_every_env_steps: when the output is not a terminal, the progress bar prints a plain line
+        every_agent_steps: how often (in agent steps) the env metrics are sent to the loggers.
+        print_every_agent_steps: when the output is not a terminal, the progress bar prints a plain line
             every this many agent steps (0: every 5% of the run).
         status_file: also write the latest progress and evaluation returns to this JSON file (replaced
             atomically at the same cadence and at the end); `sgqn sweep` reads it for its live table.
     """
 
     def __init__(
-        self, every_env_steps: int = 250, print_every_env_steps: int = 0, status_file: str | None = None
+        self, every_agent_steps: int = 250, print_every_agent_steps: int = 0, status_file: str | None = None
     ) -> None:
-        self.every_env_steps = every_env_steps
-        self.print_every_env_steps = print_every_env_steps
+        self.every_agent_steps = every_agent_steps
+        self.print_every_agent_steps = print_every_agent_steps
         self.status_file = status_file
-        self.cadence = Cadence(every_env_steps)
+        self.cadence = Cadence(every_agent_steps)
         self._last_time = time.perf_counter()
         self._last_updates = 0
 
@@ -56,13 +56,13 @@ class TrainingProgress(Callback):
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         stats = trainer.datamodule.stats  # type: ignore[attr-defined]
-        if not self.cadence.due(stats.env_steps):
+        if not self.cadence.due(stats.agent_steps):
             return
         now = time.perf_counter()
         metrics = {
-            "env/steps": float(stats.env_steps),
-            "env/episodes": float(stats.episodes),
-            "env/fps": stats.fps,
+            "agent/steps": float(stats.agent_steps),
+            "agent/episodes": float(stats.episodes),
+            "agent/steps_per_s": stats.steps_per_s,
             "train/updates": float(stats.updates),
             "train/updates_per_s": (stats.updates - self._last_updates) / (now - self._last_time),
         }
@@ -70,7 +70,9 @@ class TrainingProgress(Callback):
             metrics["train/episode_return"] = stats.last_episode_return
         self._last_time, self._last_updates = now, stats.updates
         for logger in trainer.loggers:
-            logger.log_metrics({k: v for k, v in metrics.items() if not math.isnan(v)}, step=stats.env_steps)
+            logger.log_metrics(
+                {k: v for k, v in metrics.items() if not math.isnan(v)}, step=stats.agent_steps
+            )
         self.write_status(trainer)
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -81,17 +83,17 @@ class TrainingProgress(Callback):
             return
         stats = trainer.datamodule.stats  # type: ignore[attr-defined]
         status: dict[str, Any] = {
-            "agent_steps": stats.env_steps,
-            "total_steps": trainer.datamodule.hparams.num_env_steps,  # type: ignore[attr-defined]
+            "agent_steps": stats.agent_steps,
+            "total_steps": trainer.datamodule.hparams.num_agent_steps,  # type: ignore[attr-defined]
             "updates": stats.updates,
         }
         if not math.isnan(stats.last_episode_return):
             status["episode_return"] = stats.last_episode_return
         for callback in trainer.callbacks:  # type: ignore[attr-defined]
             history = getattr(callback, "history", None)
-            if isinstance(history, list) and history and "env_steps" in history[-1]:  # EvaluationCallback
+            if isinstance(history, list) and history and "agent_steps" in history[-1]:  # EvaluationCallback
                 latest = history[-1]
-                status["eval_step"] = int(latest["env_steps"])
+                status["eval_step"] = int(latest["agent_steps"])
                 status |= {k: v for k, v in latest.items() if k.endswith("/return_mean")}
         for logger in trainer.loggers:
             if isinstance(logger, MLFlowLogger) and logger._run_id is not None:
@@ -111,24 +113,24 @@ class EnvStepCheckpoint(ModelCheckpoint):
     checkpoints from the run without uploading them.
 
     Args:
-        every_env_steps: save every this many agent steps (and at the end of fit).
+        every_agent_steps: save every this many agent steps (and at the end of fit).
         dirpath: checkpoint folder; default `<default_root_dir>/<experiment id>/<run id>/checkpoints`.
-        filename: `ModelCheckpoint` name pattern; `env_steps` is available.
+        filename: `ModelCheckpoint` name pattern; `agent_steps` is available.
         save_last: also keep `last.ckpt`.
         save_top_k: how many to keep (-1: all).
     """
 
     def __init__(
         self,
-        every_env_steps: int = 50_000,
+        every_agent_steps: int = 50_000,
         dirpath: str | None = None,
-        filename: str = "{env_steps}",
+        filename: str = "{agent_steps}",
         save_last: bool = True,
         save_top_k: int = -1,
     ) -> None:
         super().__init__(dirpath=dirpath, filename=filename, save_last=save_last, save_top_k=save_top_k)
-        self.every_env_steps = every_env_steps
-        self.cadence = Cadence(every_env_steps)
+        self.every_agent_steps = every_agent_steps
+        self.cadence = Cadence(every_agent_steps)
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -137,7 +139,7 @@ class EnvStepCheckpoint(ModelCheckpoint):
         if not self.cadence.due(steps):
             return
         candidates = self._monitor_candidates(trainer)
-        candidates["env_steps"] = torch.tensor(steps)
+        candidates["agent_steps"] = torch.tensor(steps)
         self._save_topk_checkpoint(trainer, candidates)
         self._save_last_checkpoint(trainer, candidates)
 
@@ -145,7 +147,7 @@ class EnvStepCheckpoint(ModelCheckpoint):
         candidates = super()._monitor_candidates(trainer)
         datamodule = getattr(trainer, "datamodule", None)
         if datamodule is not None and hasattr(datamodule, "stats"):
-            candidates["env_steps"] = torch.tensor(datamodule.stats.env_steps)
+            candidates["agent_steps"] = torch.tensor(datamodule.stats.agent_steps)
         return candidates
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:

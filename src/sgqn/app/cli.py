@@ -58,7 +58,7 @@ def _exit_status(err: BaseException) -> int | None:
     its traceback is shown)."""
     from sgqn.app.errors import ConfigError
     from sgqn.assets.errors import DataSourceError
-    from sgqn.guards import TrainingDiverged
+    from sgqn.training.guards import TrainingDiverged
 
     if isinstance(err, ConfigError | DataSourceError):
         return 2

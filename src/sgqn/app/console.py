@@ -104,7 +104,7 @@ def fit_summary(trainer: Any, started: float) -> str:
                 for key, value in last.items()
                 if key.startswith("eval/") and key.endswith("/return_mean")
             )
-            lines.append(f"  final eval:  return at {last['env_steps']:.0f} agent steps: {returns}")
+            lines.append(f"  final eval:  return at {last['agent_steps']:.0f} agent steps: {returns}")
     lines.append(f"  wall time:   {format_seconds(time.perf_counter() - started)}")
     for logger in loggers:
         lines.append(f"  view:        mlflow ui --backend-store-uri {_absolute_sqlite(logger._tracking_uri)}")

@@ -33,7 +33,7 @@ log = logging.getLogger("sgqn.evaluation")
 
 
 class EvaluationCallback(Callback):
-    """Every `every_env_steps` agent steps (and at the start / end), evaluate in each mode and log to MLflow.
+    """Every `every_agent_steps` agent steps (and at the start / end), evaluate in each mode and log to MLflow.
 
     Logged per mode: `eval/<mode>/return_mean`, `_std`, and when "train" is among the modes the
     `generalization_gap` (train return − mode return) and `saliency_iou` (mask IoU of the same physics
@@ -42,7 +42,7 @@ class EvaluationCallback(Callback):
     `video_every_evals` evaluations, an mp4 per mode (`videos/<mode>_step_XXXXXXXX.mp4`).
 
     Args:
-        every_env_steps: evaluation period in agent steps (paper: 10k); 0 disables periodic evaluation.
+        every_agent_steps: evaluation period in agent steps (paper: 10k); 0 disables periodic evaluation.
         episodes: episodes per mode (paper: 10 during training, 100 for final tables).
         modes: ``train`` and/or DMC-GB test modes (see `sgqn.envs.MODES`).
         at_start: also evaluate the untrained policy before the first update (the curve's step 0).
@@ -66,7 +66,7 @@ class EvaluationCallback(Callback):
 
     def __init__(
         self,
-        every_env_steps: int = 10_000,
+        every_agent_steps: int = 10_000,
         episodes: int = 10,
         modes: list[str] = list(DEFAULT_MODES),  # noqa: B006 (jsonargparse needs a plain default)
         at_start: bool = False,
@@ -78,8 +78,8 @@ class EvaluationCallback(Callback):
         video_mask: bool = True,
         workers: int = 0,
     ) -> None:
-        self.every_env_steps, self.episodes, self.modes, self.at_end = (
-            every_env_steps,
+        self.every_agent_steps, self.episodes, self.modes, self.at_end = (
+            every_agent_steps,
             episodes,
             modes,
             at_end,
@@ -96,7 +96,7 @@ class EvaluationCallback(Callback):
         self.workers = workers
         self._batched: EnvBase | None = None  # every mode's worker envs, the modes in `self.modes` order
         self._envs: dict[str, EnvBase] = {}
-        self.cadence = Cadence(every_env_steps)
+        self.cadence = Cadence(every_agent_steps)
         self._resumed_envs: dict[str, dict[str, Any]] = {}
         self.history: list[dict[str, float]] = []
 
@@ -198,7 +198,7 @@ class EvaluationCallback(Callback):
         self._log_artifacts(trainer, artifacts)
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
-        self.history.append({"env_steps": float(step), **metrics})
+        self.history.append({"agent_steps": float(step), **metrics})
         log.info("eval at %d agent steps: %s", step, metrics)
         return metrics
 
@@ -228,7 +228,7 @@ class EvaluationCallback(Callback):
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         steps = agent_steps(trainer)
-        if self.at_end and (not self.history or self.history[-1]["env_steps"] != steps):
+        if self.at_end and (not self.history or self.history[-1]["agent_steps"] != steps):
             self.evaluate(trainer, pl_module)
 
     def state_dict(self) -> dict[str, Any]:

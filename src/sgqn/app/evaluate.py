@@ -35,9 +35,9 @@ def evaluate_checkpoint(
     """Returns per mode for the policy stored in one checkpoint, with the env settings it trained on;
     `workers` > 0: in that many env processes per mode, all modes at once (`sgqn.evaluation`)."""
     from sgqn.data.stream import DMCDataModule
-    from sgqn.module import SGQNModule
+    from sgqn.training.module import AgentModule
 
-    module = SGQNModule.load_from_checkpoint(path, map_location="cpu")
+    module = AgentModule.load_from_checkpoint(path, map_location="cpu")
     module.eval()
     datamodule = DMCDataModule.from_checkpoint(path)
     policy = module.policy_module(deterministic=True)
@@ -163,7 +163,7 @@ def evaluate_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--which",
         default="last",
-        help="which checkpoint of each --run: last, or a file name such as env_steps=100000",
+        help="which checkpoint of each --run: last, or a file name such as agent_steps=100000",
     )
     parser.add_argument(
         "--experiment",

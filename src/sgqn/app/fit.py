@@ -1,7 +1,7 @@
 """`sgqn fit`: LightningCLI over the agent's LightningModule and `DMCDataModule`, with our checks,
 run names, progress bar and resume.
 
-sgqn fit --model.algorithm sgqn --data.task walker_walk --data.num_env_steps 100000
+sgqn fit --model.algorithm sgqn --data.task walker_walk --data.num_agent_steps 100000
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from sgqn.app.validation import (  # noqa: E402
     validate_fit_config,
 )
 from sgqn.data.stream import DMCDataModule  # noqa: E402
-from sgqn.module import SGQNModule  # noqa: E402
+from sgqn.training.module import AgentModule  # noqa: E402
 
 
 class SGQNCLI(LightningCLI):
@@ -81,8 +81,8 @@ class SGQNCLI(LightningCLI):
         config = self.config["fit"]
         parameters = sum(p.numel() for p in self.model.parameters())
         trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        every = config["checkpoint"]["every_env_steps"]
-        saves = (config["data"]["num_env_steps"] // every if every > 0 else 1) + 1  # + last.ckpt
+        every = config["checkpoint"]["every_agent_steps"]
+        saves = (config["data"]["num_agent_steps"] // every if every > 0 else 1) + 1  # + last.ckpt
         folder = config["checkpoint"]["dirpath"] or config["trainer"]["default_root_dir"]
         option = "--checkpoint.dirpath" if config["checkpoint"]["dirpath"] else "--trainer.default_root_dir"
         check_free_disk(folder, saves * checkpoint_bytes(parameters, trainable), option)
@@ -108,7 +108,7 @@ class SGQNCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         # Lightning's default bar counts batches; ours counts agent steps (`sgqn.app.progress`).
         config = self._get(self.config_init, "trainer", default={})
-        every = self._get(self.config_init, "progress").print_every_env_steps
+        every = self._get(self.config_init, "progress").print_every_agent_steps
         kwargs.setdefault("callbacks", with_progress_bar(config, every))
         return super().instantiate_trainer(**kwargs)
 
@@ -137,7 +137,7 @@ class SGQNCLI(LightningCLI):
         parser.set_defaults(
             {
                 "trainer.logger": {"class_path": "sgqn.app.tracking.SGQNMLFlowLogger"},
-                # One epoch = the whole run: the data stream ends after `data.num_env_steps` agent steps.
+                # One epoch = the whole run: the data stream ends after `data.num_agent_steps` agent steps.
                 "trainer.max_epochs": 1,
                 "trainer.max_steps": -1,
                 "trainer.num_sanity_val_steps": 0,
@@ -179,7 +179,7 @@ def resume_from_checkpoint(config: Any) -> None:
 
 def cli_main(args: Sequence[str] | None = None, cli_class: type[SGQNCLI] = SGQNCLI) -> SGQNCLI:
     return cli_class(
-        SGQNModule,
+        AgentModule,
         DMCDataModule,
         save_config_callback=MLflowSaveConfig,
         parser_kwargs={"parser_mode": "omegaconf", "default_env": False},

@@ -1,9 +1,9 @@
 """`sgqn fit`'s one progress bar, in agent steps (replaces Lightning's bar, which counts batches).
 
-In a terminal: a tqdm bar over `data.num_env_steps` with elapsed time, ETA, env steps/s, updates/s and
+In a terminal: a tqdm bar over `data.num_agent_steps` with elapsed time, ETA, env steps/s, updates/s and
 the last episode return; its description says what is happening when agent steps do not advance (the
 random warm-up, the burst of `init_steps` updates at the switch, an evaluation). Otherwise (output
-redirected to a file, or ``TERM=dumb``): a plain line every `print_every_env_steps` agent steps, at the
+redirected to a file, or ``TERM=dumb``): a plain line every `print_every_agent_steps` agent steps, at the
 start and end of the warm-up burst and around each evaluation, without any terminal escape codes.
 """
 
@@ -51,7 +51,7 @@ def format_duration(seconds: float) -> str:
 class Snapshot:
     """What one frame of the bar (or one log line) shows."""
 
-    env_steps: int
+    agent_steps: int
     total: int
     updates: int
     elapsed: float
@@ -76,9 +76,9 @@ def format_postfix(s: Snapshot) -> str:
 
 def format_line(s: Snapshot) -> str:
     """One plain log line (no escape codes)."""
-    percent = 100 * s.env_steps / s.total if s.total else 100.0
+    percent = 100 * s.agent_steps / s.total if s.total else 100.0
     parts = [
-        f"{PREFIX} {s.env_steps}/{s.total} agent steps ({percent:.0f}%)",
+        f"{PREFIX} {s.agent_steps}/{s.total} agent steps ({percent:.0f}%)",
         f"elapsed {format_duration(s.elapsed)}, ETA "
         + (format_duration(s.eta) if s.eta is not None else "?"),
     ]
@@ -116,7 +116,7 @@ class AgentStepProgressBar(ProgressBar):
     """Progress of `sgqn fit` in agent steps, read from the data module's `StreamStats`.
 
     Args:
-        print_every_env_steps: without a terminal, a line every this many agent steps (0: every 5% of
+        print_every_agent_steps: without a terminal, a line every this many agent steps (0: every 5% of
             the run).
         refresh_s: terminal redraws at most this often.
         heartbeat_s: without a terminal, also a line after this long without one.
@@ -127,14 +127,14 @@ class AgentStepProgressBar(ProgressBar):
 
     def __init__(
         self,
-        print_every_env_steps: int = 0,
+        print_every_agent_steps: int = 0,
         refresh_s: float = 0.5,
         heartbeat_s: float = 300.0,
         window_s: float = 60.0,
         interactive: bool | None = None,
     ) -> None:
         super().__init__()
-        self.print_every_env_steps, self.refresh_s = print_every_env_steps, refresh_s
+        self.print_every_agent_steps, self.refresh_s = print_every_agent_steps, refresh_s
         self.heartbeat_s, self.window_s, self.interactive = heartbeat_s, window_s, interactive
         self._enabled = True
         self._started = self._closed = False
@@ -178,7 +178,7 @@ class AgentStepProgressBar(ProgressBar):
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # The one epoch ends with the run: close before Lightning logs that fit stopped (it would land
         # on the bar's line); a final evaluation in `on_train_end` is reported in plain lines.
-        if self._started and self._stats.env_steps >= self._total:
+        if self._started and self._stats.agent_steps >= self._total:
             self._close("done")
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
@@ -206,7 +206,7 @@ class AgentStepProgressBar(ProgressBar):
         self._started = True
         dm: Any = trainer.datamodule  # type: ignore[attr-defined]
         self._stats, hp = dm.stats, dm.hparams
-        self._total, self._init_steps = int(hp.num_env_steps), int(hp.init_steps)
+        self._total, self._init_steps = int(hp.num_agent_steps), int(hp.init_steps)
         # updates per agent step once learning runs (DrQ-v2: one every `update_every_steps`)
         self._updates_per_step = hp.updates_per_step / getattr(hp, "update_every_steps", 1)
         # The burst only happens if the run has not passed the switch yet (a resume may have).
@@ -216,11 +216,11 @@ class AgentStepProgressBar(ProgressBar):
             int(hp.updates_per_step),
             burst=getattr(hp, "warmup_burst", True),
         )
-        self._burst = burst if self._init_steps > 0 and self._stats.env_steps <= self._init_steps else 0
+        self._burst = burst if self._init_steps > 0 and self._stats.agent_steps <= self._init_steps else 0
         self._evaluations = [c for c in trainer.callbacks if isinstance(c, EvaluationCallback)]  # type: ignore[attr-defined]
         # The plain-line cadence is display only: re-derived from the clock, never checkpointed.
-        self._lines = Cadence(self.print_every_env_steps or max(1, round(self._total / 20)))
-        self._lines.due(self._stats.env_steps)
+        self._lines = Cadence(self.print_every_agent_steps or max(1, round(self._total / 20)))
+        self._lines.due(self._stats.agent_steps)
         self._t0 = self._last_draw = self._last_line = _clock()
         self._eval_seconds: list[float] = []
         self._eval_start: float | None = None
@@ -231,7 +231,7 @@ class AgentStepProgressBar(ProgressBar):
         self._window: deque[tuple[float, int, int]] = deque()
         self._collect_s: float | None = None  # seconds per random warm-up step
         self._update_s: float | None = None  # seconds per update, from the burst
-        self._start_steps, self._burst_t0, self._burst_u0 = self._stats.env_steps, 0.0, 0
+        self._start_steps, self._burst_t0, self._burst_u0 = self._stats.agent_steps, 0.0, 0
         interactive = is_interactive(self._stream) if self.interactive is None else self.interactive
         if not self._enabled:
             return
@@ -243,7 +243,7 @@ class AgentStepProgressBar(ProgressBar):
             )
             self._bar = tqdm(
                 total=self._total,
-                initial=self._stats.env_steps,
+                initial=self._stats.agent_steps,
                 file=self._stream,
                 **_size(self._stream),
                 leave=True,
@@ -261,7 +261,7 @@ class AgentStepProgressBar(ProgressBar):
         return now - self._t0 - self._paused
 
     def _phase_of(self) -> str:
-        steps, updates = self._stats.env_steps, self._stats.updates
+        steps, updates = self._stats.agent_steps, self._stats.updates
         if steps < self._init_steps:
             return "collect"
         if self._burst and steps == self._init_steps and updates <= self._burst:
@@ -279,7 +279,7 @@ class AgentStepProgressBar(ProgressBar):
         return span, (s1 - s0) / span, (u1 - u0) / span
 
     def _eta(self, phase: str, span: float, steps_per_s: float, updates_per_s: float) -> float | None:
-        remaining = self._total - self._stats.env_steps
+        remaining = self._total - self._stats.agent_steps
         if remaining <= 0 or phase == "done":
             return 0.0
         if phase == "train" and span >= 2 and steps_per_s > 0:
@@ -296,7 +296,7 @@ class AgentStepProgressBar(ProgressBar):
         return eta
 
     def _evaluations_left(self, callback: EvaluationCallback) -> int:
-        steps, every = self._stats.env_steps, callback.every_env_steps
+        steps, every = self._stats.agent_steps, callback.every_agent_steps
         periodic = self._total // every - steps // every if every > 0 else 0
         final = callback.at_end and (every <= 0 or self._total % every != 0)
         return periodic + int(final)
@@ -307,7 +307,7 @@ class AgentStepProgressBar(ProgressBar):
         phase = self._phase or self._phase_of()
         stats = self._stats
         return Snapshot(
-            env_steps=stats.env_steps,
+            agent_steps=stats.agent_steps,
             total=self._total,
             updates=stats.updates,
             elapsed=now - self._t0,
@@ -328,7 +328,7 @@ class AgentStepProgressBar(ProgressBar):
         if phase == "burst":
             return f"warm-up updates {stats.updates}/{self._burst}"
         if phase == "collect":
-            return f"collecting {self._init_steps - stats.env_steps} random warm-up steps"
+            return f"collecting {self._init_steps - stats.agent_steps} random warm-up steps"
         return ""
 
     def _tick(self, force: bool = False) -> None:
@@ -338,11 +338,11 @@ class AgentStepProgressBar(ProgressBar):
         stats, phase = self._stats, self._phase_of()
         note = self._enter(phase, now) if phase != self._phase else ""
         self._status = self._status_of(phase)
-        due_line = self._lines.due(stats.env_steps) or now - self._last_line >= self.heartbeat_s
+        due_line = self._lines.due(stats.agent_steps) or now - self._last_line >= self.heartbeat_s
         if not (force or note or due_line or now - self._last_draw >= self.refresh_s):
             return
         busy = self._busy(now)
-        self._window.append((busy, stats.env_steps, stats.updates))
+        self._window.append((busy, stats.agent_steps, stats.updates))
         while len(self._window) > 2 and busy - self._window[0][0] > self.window_s:
             self._window.popleft()
         if phase == "burst":
@@ -362,8 +362,8 @@ class AgentStepProgressBar(ProgressBar):
         previous, self._phase = self._phase, phase
         self._window.clear()
         busy, stats = self._busy(now), self._stats
-        if stats.env_steps > self._start_steps and self._collect_s is None and previous in ("", "collect"):
-            self._collect_s = busy / (stats.env_steps - self._start_steps)
+        if stats.agent_steps > self._start_steps and self._collect_s is None and previous in ("", "collect"):
+            self._collect_s = busy / (stats.agent_steps - self._start_steps)
         if phase == "burst":
             self._burst_t0, self._burst_u0 = busy, stats.updates
             return f"warm-up updates {stats.updates}/{self._burst} (all at agent step {self._init_steps})"
@@ -380,7 +380,7 @@ class AgentStepProgressBar(ProgressBar):
     def _draw(self, snapshot: Snapshot) -> None:
         if self._bar is None or not self._enabled:
             return
-        self._bar.n = snapshot.env_steps
+        self._bar.n = snapshot.agent_steps
         self._bar.set_description_str(f"{snapshot.status}: " if snapshot.status else "", refresh=False)
         self._bar.set_postfix_str(format_postfix(snapshot), refresh=False)
         self._bar.refresh()
@@ -424,7 +424,7 @@ class AgentStepProgressBar(ProgressBar):
         def evaluate(*args: Any, **kwargs: Any) -> dict[str, float]:
             self._start(args[0] if args else kwargs["trainer"])
             step = kwargs.get("step", args[2] if len(args) > 2 else None)  # the step it is logged at
-            self._eval_begin(self._stats.env_steps if step is None else int(step))
+            self._eval_begin(self._stats.agent_steps if step is None else int(step))
             metrics: dict[str, float] = {}
             try:
                 metrics = original(*args, **kwargs)
@@ -457,7 +457,7 @@ class AgentStepProgressBar(ProgressBar):
         self._tick(force=True)
 
 
-def with_progress_bar(trainer_config: Mapping[str, Any], print_every_env_steps: int = 0) -> list[Callback]:
+def with_progress_bar(trainer_config: Mapping[str, Any], print_every_agent_steps: int = 0) -> list[Callback]:
     """The trainer config's callbacks with the agent-step bar in front, unless the bar is switched off
     (Lightning refuses a bar callback then) or one is configured already."""
     configured = trainer_config.get("callbacks") or []
@@ -465,7 +465,7 @@ def with_progress_bar(trainer_config: Mapping[str, Any], print_every_env_steps: 
     off = trainer_config.get("enable_progress_bar") is False or trainer_config.get("barebones")
     if off or any(isinstance(c, ProgressBar) for c in callbacks):
         return callbacks
-    return [AgentStepProgressBar(print_every_env_steps), *callbacks]
+    return [AgentStepProgressBar(print_every_agent_steps), *callbacks]
 
 
 __all__ = [

@@ -24,7 +24,7 @@ NOISY_LOG_MESSAGES: dict[str, tuple[str, ...]] = {
         r"Tip: .*litlogger",  # an advert for Lightning's cloud logger
         r"^TPU available: False",
         r"^HPU available: False",
-        # one epoch is the whole run here (the stream ends after `data.num_env_steps`): the normal end
+        # one epoch is the whole run here (the stream ends after `data.num_agent_steps`): the normal end
         r"^`Trainer\.fit` stopped: `max_epochs=1` reached",
     ),
     "lightning.pytorch.loggers.mlflow": (r"^Experiment with name .* not found\. Creating it\.",),
@@ -36,7 +36,7 @@ NOISY_WARNINGS: tuple[str, ...] = (
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",  # Lightning's _pytree vs torch 2.13
     r"pkg_resources is deprecated",
     r"LightningCLI's args parameter is intended to run from within Python",  # we pass argv on purpose
-    # the module pulls its batches itself on purpose (no prefetch: exact resume, see SGQNModule)
+    # the module pulls its batches itself on purpose (no prefetch: exact resume, see AgentModule.training_step)
     r"Found `dataloader_iter` argument in the `training_step`",
     r"You are using the `dataloader_iter` step flavor",  # Lightning 2.6's wording of the same warning
 )

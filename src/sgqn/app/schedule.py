@@ -1,6 +1,6 @@
 """One agent-step clock for every "each N agent steps" cadence (evaluation, checkpoints, progress).
 
-The clock is the data stream's count of collected agent steps (`DMCDataModule.stats.env_steps`), never
+The clock is the data stream's count of collected agent steps (`DMCDataModule.stats.agent_steps`), never
 Lightning's `global_step` (which counts optimizer steps, several per update). A `Cadence` fires at the
 multiples of its period that the clock has reached; its state (the next multiple) is saved with the
 callback that owns it, so a resumed run fires exactly where the uninterrupted one would have.
@@ -15,7 +15,7 @@ from lightning.pytorch import Trainer
 
 def agent_steps(trainer: Trainer) -> int:
     """The clock: agent steps collected so far by the trainer's data module."""
-    return int(trainer.datamodule.stats.env_steps)  # type: ignore[attr-defined]
+    return int(trainer.datamodule.stats.agent_steps)  # type: ignore[attr-defined]
 
 
 class Cadence:

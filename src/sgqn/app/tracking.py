@@ -286,7 +286,7 @@ def find_checkpoint(
     Args:
         run: run id or run name (the newest run of that name).
         tracking_uri: default ``$MLFLOW_TRACKING_URI`` or ``sqlite:///mlflow.db``.
-        which: ``"last"`` (``last.ckpt``) or a checkpoint file name such as ``"env_steps=100000"``.
+        which: ``"last"`` (``last.ckpt``) or a checkpoint file name such as ``"agent_steps=100000"``.
         experiment: look names up in this experiment only.
         download_dir: where artifacts go (default ``<tmp>/sgqn-checkpoints/<run id>``).
 

@@ -38,8 +38,8 @@ def resolved_data_params(data: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if data.get("action_repeat") is None and data.get("task") in DEFAULT_ACTION_REPEAT:
         out["action_repeat"] = DEFAULT_ACTION_REPEAT[data["task"]]
-    if data.get("replay_capacity") is None and data.get("num_env_steps") is not None:
-        out["replay_capacity"] = default_replay_capacity(int(data["num_env_steps"]))
+    if data.get("replay_capacity") is None and data.get("num_agent_steps") is not None:
+        out["replay_capacity"] = default_replay_capacity(int(data["num_agent_steps"]))
     for key in ("dmcgb_root", "davis_root", "places_root", "overlay_root"):
         if key in data and data[key] is None:
             out[key] = "embedded"  # the embedded default images and clips (docs/data.md)
@@ -125,7 +125,7 @@ def check_places_root(root: str) -> None:
 def check_replay(data: Any, root: str | Path) -> None:
     """The replay buffer (`data.replay_capacity`, default the whole run) must fit in free RAM, or for
     `data.replay_storage: disk` on the free disk of its folder (`data.replay_dir`, else under `root`)."""
-    capacity = data.get("replay_capacity") or default_replay_capacity(int(data["num_env_steps"]))
+    capacity = data.get("replay_capacity") or default_replay_capacity(int(data["num_agent_steps"]))
     size = int(data["image_size"])
     try:
         if data.get("replay_storage", "memory") == "disk":
@@ -135,7 +135,7 @@ def check_replay(data: Any, root: str | Path) -> None:
             check_capacity_fits(capacity, (3, size, size), MAX_ACTION_DIM)
     except ValueError as err:
         raise ConfigError(
-            f"--data.replay_capacity: {err}; lower --data.replay_capacity (default: --data.num_env_steps)"
+            f"--data.replay_capacity: {err}; lower --data.replay_capacity (default: --data.num_agent_steps)"
         ) from err
 
 
@@ -232,51 +232,35 @@ def _one_line(err: BaseException) -> str:
 # --------------------------------------------------------------------------- the whole config
 
 
-# Settings that only one family of algorithms reads: giving them to another is a mistake (the value would
-# be silently ignored). Defaults are the module's; a value equal to the default is not "given".
-_SGQN = algorithms_with(guidance="sgqn")  # SGQN's saliency guidance, on SAC or on DrQ-v2
-_SAC = algorithms_with(learner="sac")
-_DRQV2 = algorithms_with(learner="drqv2")
-ALGORITHM_SETTINGS: dict[str, tuple[str, ...]] = {
-    "quantile": _SGQN,
-    "aux_lr": _SGQN,
-    "aux_beta": _SGQN,
-    "aux_update_freq": _SGQN,
-    "consistency_weight": _SGQN,
-    "mask_zero_ties": _SGQN,
-    "decoder_channels": _SGQN,
-    "svea_alpha": ("svea",),
-    "svea_beta": ("svea",),
-    "init_temperature": _SAC,
-    "alpha_lr": _SAC,
-    "alpha_beta": _SAC,
-    "actor_log_std_min": _SAC,
-    "actor_log_std_max": _SAC,
-    "actor_update_freq": _SAC,
-    "critic_target_update_freq": _SAC,
-    "encoder_tau": _SAC,
-    "stddev_init": _DRQV2,
-    "stddev_final": _DRQV2,
-    "stddev_steps": _DRQV2,
-    "stddev_clip": _DRQV2,
+# The config groups that only some algorithms read: a value given to another algorithm is a mistake (it
+# would be silently ignored). A value equal to its default is not "given".
+GROUP_USERS: dict[str, tuple[str, ...]] = {
+    "sac": algorithms_with(learner="sac"),
+    "svea": ("svea",),
+    "sgqn": algorithms_with(guidance="sgqn"),  # SGQN's saliency guidance, on SAC or on DrQ-v2
+    "drqv2": algorithms_with(learner="drqv2"),
 }
 
 
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple | list) else value
+
+
 def check_algorithm_settings(model: Any) -> None:
-    """A setting of another algorithm (e.g. ``--model.quantile`` with ``sac``) is an error, not ignored."""
-    import inspect
+    """A setting of another algorithm (e.g. ``--model.sgqn.quantile`` with ``sac``) is an error, not
+    ignored."""
+    from dataclasses import fields
 
-    from sgqn.module import SGQNModule
+    from sgqn.algorithms.factory import AgentConfig
 
-    defaults = {name: p.default for name, p in inspect.signature(SGQNModule.__init__).parameters.items()}
-    algorithm = model["algorithm"]
+    algorithm, defaults = model["algorithm"], AgentConfig()
     given = []
-    for name, users in ALGORITHM_SETTINGS.items():
-        value = model.get(name, defaults[name])
-        value = list(value) if isinstance(value, tuple | list) else value
-        default = list(defaults[name]) if isinstance(defaults[name], tuple) else defaults[name]
-        if algorithm not in users and value != default:
-            given.append(f"--model.{name} ({'/'.join(users)} only)")
+    for group, users in GROUP_USERS.items():
+        values, default = model.get(group) or {}, getattr(defaults, group)
+        for field in fields(default):
+            value = values.get(field.name, getattr(default, field.name))
+            if algorithm not in users and _plain(value) != _plain(getattr(default, field.name)):
+                given.append(f"--model.{group}.{field.name} ({'/'.join(users)} only)")
     if given:
         raise ConfigError(
             f"--model.algorithm {algorithm} does not use {', '.join(given)}; remove them (or the config "
@@ -309,7 +293,7 @@ def validate_fit_config(config: Any) -> None:
 
 
 __all__ = [
-    "ALGORITHM_SETTINGS",
+    "GROUP_USERS",
     "ConfigError",
     "check_algorithm_settings",
     "check_free_disk",

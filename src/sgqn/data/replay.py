@@ -520,9 +520,9 @@ class FrameReplay:
             )
 
 
-def default_replay_capacity(num_env_steps: int) -> int:
+def default_replay_capacity(num_agent_steps: int) -> int:
     """The capacity when none is set: the whole run, plus its episodes' closing rows (≤ 1 %)."""
-    return num_env_steps + num_env_steps // 100 + 1
+    return num_agent_steps + num_agent_steps // 100 + 1
 
 
 def check_capacity_fits(capacity: int, frame_shape: tuple[int, int, int], action_dim: int) -> None:

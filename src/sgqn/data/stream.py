@@ -10,7 +10,7 @@ interrupted, given that the trainer restores torch's global RNG (random warm-up 
 and the policy's exploration noise draw from it): the replay (on disk: metadata only), the env mid-episode
 (`sgqn.envs.state`), the collector's frame counter and current observation, and the updates still due at
 the current step. It assumes every batch yielded was trained on before the checkpoint, i.e. that the
-training step pulls its batch itself (`SGQNModule.training_step`) rather than Lightning reading ahead.
+training step pulls its batch itself (`AgentModule.training_step`) rather than Lightning reading ahead.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ from torchrl.envs import EnvBase, StepCounter
 
 from sgqn.assets.sources import DataSources
 from sgqn.data.replay import FrameReplay, default_replay_capacity
-from sgqn.devices import HOST
 from sgqn.envs import make_env
 from sgqn.envs.render import release_gl_context
 from sgqn.envs.state import env_state, load_env_state
@@ -44,34 +43,34 @@ from sgqn.envs.state import env_state, load_env_state
 class StreamStats:
     """What the stream has done so far; read by the progress callback and saved for resume."""
 
-    env_steps: int = 0
+    agent_steps: int = 0
     updates: int = 0
     episodes: int = 0
     last_episode_return: float = float("nan")
     episode_return: float = 0.0
-    fps: float = float("nan")  # agent steps per second over the last `window` steps
+    steps_per_s: float = float("nan")  # agent steps per second over the last `window` steps
     _window_start: float = field(default_factory=time.perf_counter)
     _window_steps: int = 0
 
 
 def updates_due(
-    env_steps: int, init_steps: int, updates_per_step: int, update_every_steps: int = 1, burst: bool = True
+    agent_steps: int, init_steps: int, updates_per_step: int, update_every_steps: int = 1, burst: bool = True
 ) -> int:
-    """Gradient updates after collecting agent step number `env_steps` (1-based).
+    """Gradient updates after collecting agent step number `agent_steps` (1-based).
 
     None while the buffer warms up with random actions; at the switch, `init_steps` updates at once (as
     the SAC / SVEA / SGQN references do; `burst=False`: none, as DrQ-v2); then `updates_per_step` at
     every `update_every_steps`-th agent step (DrQ-v2: one update every 2 steps).
     """
-    if env_steps < init_steps:
+    if agent_steps < init_steps:
         return 0
-    if env_steps == init_steps and burst:
+    if agent_steps == init_steps and burst:
         return init_steps * updates_per_step
-    return updates_per_step if env_steps % update_every_steps == 0 else 0
+    return updates_per_step if agent_steps % update_every_steps == 0 else 0
 
 
 class EnvStream(IterableDataset):
-    """Steps the collector and yields replay batches until `num_env_steps` agent steps are collected;
+    """Steps the collector and yields replay batches until `num_agent_steps` agent steps are collected;
     `None` for an agent step with no update due (the random warm-up)."""
 
     def __init__(
@@ -79,7 +78,7 @@ class EnvStream(IterableDataset):
         collector: Collector,
         replay: FrameReplay,
         *,
-        num_env_steps: int,
+        num_agent_steps: int,
         init_steps: int,
         updates_per_step: int,
         stats: StreamStats,
@@ -91,7 +90,7 @@ class EnvStream(IterableDataset):
         sync_policy: Callable[[], None] | None = None,
     ) -> None:
         self.collector, self.replay = collector, replay
-        self.num_env_steps, self.init_steps = num_env_steps, init_steps
+        self.num_agent_steps, self.init_steps = num_agent_steps, init_steps
         self.updates_per_step, self.stats, self.fps_window = updates_per_step, stats, fps_window
         self.update_every_steps, self.burst = update_every_steps, burst
         self.pending = 0  # batches due at the latest step and not yet yielded
@@ -112,7 +111,7 @@ class EnvStream(IterableDataset):
             transitions["next", "done"].reshape(-1).tolist(),
             strict=True,
         ):
-            stats.env_steps += 1
+            stats.agent_steps += 1
             stats._window_steps += 1
             stats.episode_return += reward
             if done:
@@ -120,7 +119,7 @@ class EnvStream(IterableDataset):
                 stats.last_episode_return, stats.episode_return = stats.episode_return, 0.0
         if stats._window_steps >= self.fps_window:
             now = time.perf_counter()
-            stats.fps = stats._window_steps / (now - stats._window_start)
+            stats.steps_per_s = stats._window_steps / (now - stats._window_start)
             stats._window_start, stats._window_steps = now, 0
 
     def _sample(self) -> TensorDictBase:
@@ -186,7 +185,7 @@ class EnvStream(IterableDataset):
     def __iter__(self) -> Iterator[TensorDictBase | None]:
         while self.pending > 0:  # updates still due at the step a resumed run stopped at
             yield self._sample()
-        if self.stats.env_steps >= self.num_env_steps:
+        if self.stats.agent_steps >= self.num_agent_steps:
             return
         try:
             yield from self._steps()
@@ -195,15 +194,15 @@ class EnvStream(IterableDataset):
 
     def _steps(self) -> Iterator[TensorDictBase | None]:
         for transitions in self._transitions():
-            if self.stats.env_steps >= self.num_env_steps:
+            if self.stats.agent_steps >= self.num_agent_steps:
                 return  # an overlapped step collected past the end of the run
             transitions = transitions.reshape(-1)
             self.replay.extend(transitions)
-            before = self.stats.env_steps
+            before = self.stats.agent_steps
             self._record(transitions)
             self.pending = sum(
                 updates_due(step, self.init_steps, self.updates_per_step, self.update_every_steps, self.burst)
-                for step in range(before + 1, self.stats.env_steps + 1)
+                for step in range(before + 1, self.stats.agent_steps + 1)
             )
             if self.pending == 0:
                 # No update due (the random warm-up): yield control anyway, so the trainer's callbacks
@@ -211,7 +210,7 @@ class EnvStream(IterableDataset):
                 yield None
             while self.pending > 0:
                 yield self._sample()
-            if self.stats.env_steps >= self.num_env_steps:
+            if self.stats.agent_steps >= self.num_agent_steps:
                 return
 
     def state_dict(self) -> dict[str, Any]:
@@ -260,7 +259,7 @@ class DMCDataModule(L.LightningDataModule):
         image_size: rendered height/width in pixels.
         render_quality: ``reference`` (MuJoCo defaults, as DMC-GB) or ``fast`` (see README).
         seed: seeds the training env (evaluation uses distinct seeds).
-        num_env_steps: run length in agent steps (the paper trains 500k).
+        num_agent_steps: run length in agent steps (the paper trains 500k).
         init_steps: agent steps of uniform random actions before the first update (paper: 1000).
         updates_per_step: gradient updates per collected agent step after `init_steps` (paper: 1).
         update_every_steps: the updates run every this many agent steps (1; DrQ-v2: 2).
@@ -304,7 +303,7 @@ class DMCDataModule(L.LightningDataModule):
         image_size: int = 84,
         render_quality: Literal["reference", "fast"] = "reference",
         seed: int = 0,
-        num_env_steps: int = 500_000,
+        num_agent_steps: int = 500_000,
         init_steps: int = 1000,
         updates_per_step: int = 1,
         update_every_steps: int = 1,
@@ -374,7 +373,7 @@ class DMCDataModule(L.LightningDataModule):
     def build(
         self,
         policy: Callable[[TensorDictBase], TensorDictBase],
-        device: torch.device = HOST,
+        device: torch.device = torch.device("cpu"),
         sync_policy: Callable[[], None] | None = None,
     ) -> EnvStream:
         """Collector and replay around `policy` (the module's exploration policy), for a learner on
@@ -394,7 +393,7 @@ class DMCDataModule(L.LightningDataModule):
                 init_random_frames=hp.init_steps,
                 auto_register_policy_transforms=False,  # the actor reads pixels only; no InitTracker
             )
-        capacity = hp.replay_capacity or default_replay_capacity(hp.num_env_steps)
+        capacity = hp.replay_capacity or default_replay_capacity(hp.num_agent_steps)
         frame_shape = (3, *self.observation_shape[1:])
         resume = self._resume
         disk = hp.replay_storage == "disk"
@@ -418,7 +417,7 @@ class DMCDataModule(L.LightningDataModule):
         self.stream = EnvStream(
             self.collector,
             self.replay,
-            num_env_steps=hp.num_env_steps,
+            num_agent_steps=hp.num_agent_steps,
             init_steps=hp.init_steps,
             updates_per_step=hp.updates_per_step,
             stats=self.stats,

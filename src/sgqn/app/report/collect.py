@@ -2,7 +2,7 @@
 
 A *trial* is one point of the grid (algorithm, task, seed and any other swept option); its *run* is the
 `sgqn fit` run that trained it. A trial is **complete** when its run is FINISHED and its last evaluation
-is at a step ≥ its ``num_env_steps``; only complete trials enter the table, every other one is listed
+is at a step ≥ its ``num_agent_steps``; only complete trials enter the table, every other one is listed
 with the reason (``no run``, ``FAILED at step 2000/4000``). A trial launched several times uses its
 newest complete run, else its newest run.
 """
@@ -74,7 +74,7 @@ class Trial:
     task: str
     seed: str  # as the runs' ``seed`` tag spells it
     method: str  # the table's column group: the algorithm, plus the swept options of its variant
-    num_env_steps: int | None = None  # expected training length; None: unknown (then FINISHED suffices)
+    num_agent_steps: int | None = None  # expected training length; None: unknown (then FINISHED suffices)
     run_id: str | None = None
     run_name: str | None = None
     status: str | None = None  # FINISHED, FAILED, KILLED, RUNNING, SCHEDULED
@@ -87,7 +87,7 @@ class Trial:
     def complete(self) -> bool:
         if self.status != "FINISHED" or self.last_step is None:
             return False
-        return self.num_env_steps is None or self.last_step >= self.num_env_steps
+        return self.num_agent_steps is None or self.last_step >= self.num_agent_steps
 
     @property
     def reason(self) -> str:
@@ -96,7 +96,7 @@ class Trial:
             return ""
         if self.run_id is None:
             return "no run"
-        total = "?" if self.num_env_steps is None else str(self.num_env_steps)
+        total = "?" if self.num_agent_steps is None else str(self.num_agent_steps)
         if self.last_step is None:
             text = f"{self.status} with no evaluation logged (of {total} steps)"
         else:
@@ -175,12 +175,12 @@ def with_run(client: MlflowClient, trial: Trial, run: Run) -> Trial:
             curve = metric_curve(client, run.info.run_id, key)
             if curve.steps:
                 curves[match[1]] = curve
-    steps = trial.num_env_steps
+    steps = trial.num_agent_steps
     if steps is None:  # the sweep did not set it: the length the run itself was given
-        steps = _as_int(run.data.params.get("num_env_steps"))
+        steps = _as_int(run.data.params.get("num_agent_steps"))
     return replace(
         trial,
-        num_env_steps=steps,
+        num_agent_steps=steps,
         run_id=run.info.run_id,
         run_name=run.info.run_name,
         status=run.info.status,
@@ -261,7 +261,7 @@ def collect_sweep(client: MlflowClient, sweep: str) -> Collection:
             task=str(record["task"]),
             seed=str(record["seed"]),
             method=method,
-            num_env_steps=_as_int(record.get("num_env_steps")),
+            num_agent_steps=_as_int(record.get("num_agent_steps")),
         )
         trials.append(pick_run(client, trial, runs.get(trial.name, [])))
     experiment = client.get_experiment(parent.info.experiment_id).name

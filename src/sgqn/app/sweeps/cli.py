@@ -22,7 +22,7 @@ def sweep_parser() -> argparse.ArgumentParser:
         epilog="examples:\n"
         "  sgqn sweep -c conf/sweep/cpu_mini.yaml\n"
         "  sgqn sweep -c conf/sweep/paper.yaml --address auto --tracking-uri http://head:5000\n"
-        "  sgqn sweep -c conf/sweep/cpu_mini.yaml --dry-run --data.num_env_steps 500",
+        "  sgqn sweep -c conf/sweep/cpu_mini.yaml --dry-run --data.num_agent_steps 500",
     )
     parser.add_argument("-c", "--config", required=True, help="the sweep file (conf/sweep/*.yaml)")
     parser.add_argument(

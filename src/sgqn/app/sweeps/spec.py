@@ -12,7 +12,7 @@ trials::
       task: [cartpole_swingup]           # shorthand for data.task
       seed: [0, 1, 2]                    # shorthand for data.seed
     overrides:                           # any `sgqn fit` option, for every trial
-      data.num_env_steps: 6000
+      data.num_agent_steps: 6000
     algorithm_overrides:                 # options for one algorithm's trials only (settings that
       sgqn: {model.decoder_channels: [16, 32, 16]}   # another algorithm would reject)
     resources: {cpu: 2, gpu: 0}          # per trial; gpu may be a fraction (0.25: four trials per GPU)
@@ -84,7 +84,9 @@ class Trial:
             "algorithm": self.algorithm,
             "task": self.task,
             "seed": self.seed,
-            "num_env_steps": int(options["data.num_env_steps"]) if "data.num_env_steps" in options else None,
+            "num_agent_steps": int(options["data.num_agent_steps"])
+            if "data.num_agent_steps" in options
+            else None,
             "overrides": options,
         }
 
@@ -163,13 +165,13 @@ def _expand(value: Any, path: Path, key: str) -> Any:
 
 
 def parse_overrides(words: Sequence[str]) -> dict[str, str]:
-    """``--data.num_env_steps 300 --eval.modes=[train]`` → ``{"data.num_env_steps": "300", …}``."""
+    """``--data.num_agent_steps 300 --eval.modes=[train]`` → ``{"data.num_agent_steps": "300", …}``."""
     out: dict[str, str] = {}
     i = 0
     while i < len(words):
         word = words[i]
         if not word.startswith("--") or len(word) == 2:
-            raise ConfigError(f"expected an `sgqn fit` option like --data.num_env_steps 300, got {word!r}")
+            raise ConfigError(f"expected an `sgqn fit` option like --data.num_agent_steps 300, got {word!r}")
         key, eq, value = word[2:].partition("=")
         if not eq:
             if i + 1 >= len(words) or words[i + 1].startswith("--"):

@@ -2,7 +2,7 @@
 
 - One **parent run** per sweep, in the sweep's experiment, tagged ``sgqn_kind=sweep``, ``sweep_name`` and
   ``sweep_id`` (= its own run id). Artifact ``sweep/trials.json``: the trials the grid expands to (one
-  dict per trial: ``trial``, ``algorithm``, ``task``, ``seed``, ``num_env_steps``, ``overrides``), and
+  dict per trial: ``trial``, ``algorithm``, ``task``, ``seed``, ``num_agent_steps``, ``overrides``), and
   ``sweep/sweep.yaml``, the sweep file as given.
 - One **child run** per trial: a normal `sgqn fit` run in the same experiment, additionally tagged
   ``mlflow.parentRunId`` (MLflow's nesting: the UI shows it under the parent), ``sweep_id``,

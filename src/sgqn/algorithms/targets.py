@@ -7,7 +7,7 @@ import copy
 import torch
 from torch import Tensor, nn
 
-from sgqn.nets import Critic
+from sgqn.nets.sac import Critic
 
 
 class TargetCritic(nn.Module):

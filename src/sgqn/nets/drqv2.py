@@ -3,7 +3,7 @@ guidance can attribute its critic.
 
     obs [B, 9, 84, 84] ─ DrQv2Encoder: obs/255 − 0.5 → 4 × (Conv 3×3, 32; stride 2 then 1) each + ReLU
         ├─ DeterministicActor: trunk (Linear → LayerNorm → Tanh, 50) → MLP 1024-1024 → tanh: the mean
-        └─ Critic (`sgqn.nets.Critic` with feature_dim 50): trunk → Q1, Q2 MLPs 1024-1024 on [z, a]
+        └─ Critic (`sgqn.nets.sac.Critic` with feature_dim 50): trunk → Q1, Q2 MLPs 1024-1024 on [z, a]
 
 Exploration is a truncated normal around the mean with a scheduled σ (`truncated_normal_sample`).
 """
@@ -16,8 +16,8 @@ from typing import overload
 import torch
 from torch import Tensor, nn
 
-from sgqn.nets import Projection, conv_autocast, mlp
-from sgqn.saliency import GuidedReLU
+from sgqn.nets.guided_relu import GuidedReLU
+from sgqn.nets.sac import Projection, mlp
 
 
 def drqv2_weight_init(m: nn.Module) -> None:
@@ -35,38 +35,22 @@ def drqv2_weight_init(m: nn.Module) -> None:
 class DrQv2Encoder(nn.Module):
     """obs/255 − 0.5 → Conv(C→F, 3, stride 2) → ReLU → [Conv(F→F, 3) → ReLU] × (L−1) → flatten.
 
-    32 × 35 × 35 at 84 px with DrQ-v2's 4 layers. Same interface as `sgqn.nets.Encoder` (`out_dim`).
+    32 × 35 × 35 at 84 px with DrQ-v2's 4 layers. Same interface as `sgqn.nets.sac.Encoder` (`out_dim`).
     """
 
-    def __init__(
-        self,
-        obs_shape: tuple[int, int, int],
-        num_layers: int = 4,
-        num_filters: int = 32,
-        channels_last: bool = False,
-        autocast_bf16: bool = False,
-    ) -> None:
+    def __init__(self, obs_shape: tuple[int, int, int], num_layers: int = 4, num_filters: int = 32) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.Conv2d(obs_shape[0], num_filters, 3, stride=2), GuidedReLU()]
         for _ in range(num_layers - 1):
             layers += [nn.Conv2d(num_filters, num_filters, 3, stride=1), GuidedReLU()]
         self.convs = nn.Sequential(*layers)
-        self.channels_last = channels_last
-        self.autocast_bf16 = autocast_bf16
         side = lambda n: (n - 3) // 2 + 1 - 2 * (num_layers - 1)  # noqa: E731
         self.out_shape = (num_filters, side(obs_shape[1]), side(obs_shape[2]))
         self.out_dim = math.prod(self.out_shape)
         self.apply(drqv2_weight_init)
-        if channels_last:
-            self.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
     def forward(self, obs: Tensor) -> Tensor:
-        x = obs.float() / 255.0 - 0.5
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with conv_autocast(self.autocast_bf16, x):
-            h = self.convs(x)
-        return h.float().flatten(1)
+        return self.convs(obs.float() / 255.0 - 0.5).flatten(1)
 
 
 class DeterministicActor(nn.Module):

@@ -1,16 +1,16 @@
-"""`SpeedOptions.graph_update`: the whole agent update as one function per due pattern.
+"""The whole agent update as one function per due pattern (`SpeedOptions.graph_update`, `compile_update`).
 
-An update's operations depend on its agent step only through which optional steps are due (the
-learner's actor and target steps, the guidance's own): `ValueLearner.due_pattern`. So one function per
-pattern, holding every loss, backward pass, Adam step and the target EMA, computes any update of that
-pattern. That function is what LeanRL hands to `torch.compile` (whole, with `compile`) and to
-tensordict's `CudaGraphModule` (on a GPU): after its warm-up calls, each update is one CUDA graph replay
-instead of a few thousand kernel launches from Python. The maths is `ValueLearner.update`, unchanged.
+An update's operations depend on its agent step only through which optional steps are due (`Due`), so
+one function per pattern, holding every loss, backward pass, Adam step and the target EMA, computes any
+update of that pattern. That function is what LeanRL hands to `torch.compile` (whole) and to tensordict's
+`CudaGraphModule` (on a GPU): after its warm-up calls, each update is one CUDA graph replay instead of a
+few thousand kernel launches from Python. The maths is the agent's `update`, unchanged.
 
-What a replay cannot do, the caller does around it: the update index and the non-finite check
-(`SGQNModule.update`), and Lightning's optimizer-step count (`stepped` names the optimizers the pattern
-steps). Replays also do not run Python, so nothing inside may read a tensor back to the host; the
-optimizers must be `capturable` Adams on a GPU.
+What a replay cannot do, the caller does around it: the update index, the non-finite check and
+Lightning's optimizer-step count (`Optimizers.took_step` is told what each replay stepped); the agent step
+a learner reads beyond its due rules is written into its buffers by `Agent.due`, before. Replays run no
+Python, so nothing inside may read a tensor back to the host; the optimizers must be `capturable` Adams
+on a GPU.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch
 from tensordict import TensorDictBase
 from torch import Tensor
 
-from sgqn.objectives.learner import Metrics, ValueLearner, optimizer_step
+from sgqn.algorithms.agent import Agent, Due, Metrics, Optimizers
 
 Run = Callable[[TensorDictBase], tuple[Metrics, Metrics]]
 
@@ -37,10 +37,11 @@ class _Pattern:
 
 
 class WholeUpdates:
-    """`learner.update` per due pattern, optionally `torch.compile`d and captured as CUDA graphs.
+    """`agent.update` per due pattern, optionally `torch.compile`d and captured as CUDA graphs; called as
+    `agent.update` is, `(batch, opt, due) -> metrics`.
 
     Args:
-        learner: the value learner (with its guidance) whose `recordable_update` this runs.
+        agent: the agent whose `update` this runs.
         optimizers: its optimizers by name (plain `torch.optim` ones, not Lightning's wrappers).
         compile: `torch.compile` each pattern's whole update (mode `compile_mode`).
         cuda_graphs: capture each pattern's update as a CUDA graph at its `warmup`-th call, after eager
@@ -51,7 +52,7 @@ class WholeUpdates:
 
     def __init__(
         self,
-        learner: ValueLearner,
+        agent: Agent,
         optimizers: Mapping[str, torch.optim.Optimizer],
         *,
         compile: bool = False,
@@ -60,38 +61,35 @@ class WholeUpdates:
         warmup: int = 2,
         before_capture: Callable[[], None] | None = None,
     ) -> None:
-        self.learner, self.step = learner, optimizer_step(optimizers)
+        self.agent, self.optimizers = agent, optimizers
         self.compile, self.compile_mode = compile, compile_mode
         self.cuda_graphs, self.warmup, self.before_capture = cuda_graphs, warmup, before_capture
-        self.patterns: dict[tuple[bool, ...], _Pattern] = {}
+        self.patterns: dict[Due, _Pattern] = {}
 
-    def __call__(self, batch: TensorDictBase, due_at: int) -> tuple[Metrics, Metrics, list[str]]:
-        """One update at agent step `due_at`: its metrics, the losses it optimised (detached) and the
-        names of the optimizers it stepped, in order."""
-        self.learner.at_step(due_at)  # the buffers a replay reads (outside it: Python is not replayed)
-        key = self.learner.due_pattern(due_at)
-        pattern = self.patterns.get(key)
+    def __call__(self, batch: TensorDictBase, opt: Optimizers, due: Due) -> Metrics:
+        """One update; each optimizer it stepped is reported to `opt.took_step` with its losses (detached), in order."""
+        pattern = self.patterns.get(due)
         if pattern is None:
-            pattern = self.patterns[key] = self._record(due_at)
+            pattern = self.patterns[due] = self._record(due)
         if self.cuda_graphs and pattern.calls == self.warmup - 1 and self.before_capture is not None:
             self.before_capture()
         pattern.calls += 1
         metrics, losses = pattern.run(batch)
-        return metrics, losses, [pattern.optimizer_of[name] for name in losses]
+        by_optimizer: dict[str, dict[str, Tensor]] = {}
+        for name, loss in losses.items():
+            by_optimizer.setdefault(pattern.optimizer_of[name], {})[name] = loss
+        for optimizer, named in by_optimizer.items():
+            opt.took_step(optimizer, **named)
+        return metrics
 
-    def _record(self, due_at: int) -> _Pattern:
-        # `due_at` is a representative of its pattern: the update reads it only through the due rules.
+    def _record(self, due: Due) -> _Pattern:
         optimizer_of: dict[str, str] = {}
 
         def whole(batch: TensorDictBase) -> tuple[Metrics, Metrics]:
-            losses: Metrics = {}
-
-            def step(optimizer: str, name: str, loss: Tensor) -> None:
-                losses[name] = loss.detach()
-                optimizer_of[name] = optimizer  # the same every call: harmless when replayed
-                self.step(optimizer, name, loss)
-
-            return self.learner.recordable_update(batch, due_at, step), losses
+            # Plain steps: zero_grad → backward → step, noting each loss and (on the first, Python call)
+            # which optimizer stepped it.
+            steps = Optimizers(self.optimizers, optimizer_of=optimizer_of)
+            return self.agent.update(batch, steps, due), steps.stepped
 
         run: Run = whole
         if self.compile:

@@ -12,14 +12,6 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import Tensor
 
-# The learning rate to lower when an optimised loss diverges.
-LR_OPTION = {
-    "loss_critic": "--model.critic_lr",
-    "loss_actor": "--model.actor_lr",
-    "loss_alpha": "--model.alpha_lr",
-    "loss_attribution": "--model.aux_lr",
-}
-
 
 class TrainingDiverged(RuntimeError):
     """Losses, weights or actions became non-finite; the message names where and the fix."""
@@ -34,31 +26,30 @@ def all_finite(losses: Iterable[Tensor]) -> bool:
 
 
 def nonfinite_message(
-    losses: Mapping[str, Tensor], update: int, env_step: int | None, learning_rates: Mapping[str, float]
+    losses: Mapping[str, Tensor], lowers: Mapping[str, tuple[str, float]], update: int, agent_step: int | None
 ) -> str:
-    """``loss_critic is nan at update 24 (agent step 124): lower --model.critic_lr (now 1e+09) …``.
+    """``loss_critic is nan at update 24 (agent step 124): lower --model.sac.critic_lr (now 1e+09) …``.
 
     `losses` in the order they were stepped: a loss can diverge from an earlier step's weights in the
     same update, so the learning rates of the first non-finite loss and of the steps before it are named.
-    `learning_rates`: the current value of each `LR_OPTION` option (``critic_lr``: 1e9, …).
+    `lowers`: each loss's learning-rate setting and its value (``loss_critic`` → ``("sac.critic_lr", 1e9)``).
     """
     bad = {k: float(v) for k, v in losses.items() if not bool(torch.isfinite(v))}
     names = list(losses)
     suspects = names[: names.index(next(iter(bad))) + 1] if bad else names
-    options = [LR_OPTION[k] for k in suspects if k in LR_OPTION]
-    now = {o: learning_rates.get(o.rpartition(".")[2]) for o in options}
-    lower = " or ".join(o if now[o] is None else f"{o} (now {now[o]:g})" for o in options)
+    options = dict.fromkeys(f"--model.{lowers[k][0]} (now {lowers[k][1]:g})" for k in suspects if k in lowers)
     values = ", ".join(f"{k} is {v}" for k, v in bad.items())
-    where = f"update {update}" + (f" (agent step {env_step})" if env_step is not None else "")
-    return f"{values} at {where}: lower {lower}, or pass --model.on_nonfinite skip to skip such updates"
+    where = f"update {update}" + (f" (agent step {agent_step})" if agent_step is not None else "")
+    return f"{values} at {where}: lower {' or '.join(options)}, or pass --model.on_nonfinite skip to skip such updates"
 
 
 def check_action(action: Tensor) -> None:
     """The simulator must never get a NaN/inf action (MuJoCo fails later with `mjWARN_BADCTRL`)."""
     if not bool(torch.isfinite(action).all()):
         raise TrainingDiverged(
-            "the policy's action is not finite (its weights diverged): lower --model.actor_lr and "
-            "--model.critic_lr; no checkpoint is written from these weights"
+            "the policy's action is not finite (its weights diverged): lower the actor's and the critic's "
+            "learning rates (--model.sac.* or --model.drqv2.*: actor_lr, critic_lr); no checkpoint is "
+            "written from these weights"
         )
 
 
@@ -68,12 +59,12 @@ def check_weights(state: Mapping[str, Tensor], where: str) -> None:
     if bad:
         raise TrainingDiverged(
             f"refusing to save a checkpoint {where}: {len(bad)} weight tensors are not finite ({bad[0]}, …); "
-            "lower the learning rates (--model.critic_lr, --model.actor_lr); the previous checkpoint is kept"
+            "lower the learning rates (--model.sac.* or --model.drqv2.*: critic_lr, actor_lr); the previous "
+            "checkpoint is kept"
         )
 
 
 __all__ = [
-    "LR_OPTION",
     "TrainingDiverged",
     "all_finite",
     "check_action",

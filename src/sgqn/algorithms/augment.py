@@ -66,7 +66,7 @@ class Overlay(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.images is None:
             raise RuntimeError(
-                "no overlay images: call set_images() (or SGQNModule.set_overlay_images) first"
+                "no overlay images: call set_images() (or AgentModule.set_overlay_images) first"
             )
         return random_overlay(x, self.images, self.alpha)
 
