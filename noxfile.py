@@ -40,7 +40,7 @@ def tests(session: nox.Session) -> None:
 @nox.session(venv_backend="none")
 def lint(session: nox.Session) -> None:
     """ruff check + ruff format --check."""
-    paths = ("src", "tests", "benchmarks", "scripts", "noxfile.py")
+    paths = ("src", "tests", "benchmarks", "scripts", "examples", "noxfile.py")
     _run(session, "-m", "ruff", "check", *paths)
     _run(session, "-m", "ruff", "format", "--check", *paths)
 

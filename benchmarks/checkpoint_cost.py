@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 from tensordict import TensorDict
 
-from sgqn.data.replay import FRAME, ROW, STEP, VALID, FrameReplay
+from sgqn.data.replay import FrameReplay
+from sgqn.data.rows import FRAME, ROW, STEP, VALID
 
 FRAME_SHAPE, ACTION_DIM, FRAME_STACK, BATCH, EPISODE = (3, 84, 84), 6, 3, 128, 250
 

@@ -1,4 +1,4 @@
-"""Issue #13 Part 2 as one run on a GPU machine: every figure the README's GPU table needs, into `--out`.
+"""One run on a GPU machine: every figure of docs/gpu.md's GPU table, into `--out`.
 
     bash benchmarks/gpu_suite.sh                      # on the device machine (installs .whl / .gl first)
     python benchmarks/gpu_suite.py --smoke --out /tmp/suite     # the same plumbing, tiny, on CPU
@@ -7,15 +7,15 @@ Parts, in this order, each a fresh process with its own time limit, the figures 
   env         the GPU, driver, versions; EGL rendering speed of the paper's tasks (env_throughput.py).
   update      ms per update at paper scale, SGQN and SAC, and the GPU's busy ms per update (profiled):
               the reference update order and the rows of speed_variants.py (`sgqn fit`'s defaults,
-              channels-last off, TF32, cuDNN's autotuner, bf16 autocast, compiled with CUDA graphs)
-              (update_step.py).
+              channels-last off, TF32, cuDNN's autotuner, bf16 autocast, the whole update as CUDA
+              graphs, also compiled) (update_step.py).
   throughput  end-to-end agent steps/s of `sgqn fit` on walker_walk at paper scale in SGQN's fastest row of
               the update part: the reference's loop, and collection overlapped with evaluation in worker
               processes (train_throughput.py); the projection to a 500k-step run.
   parity      SAC at DrQ's settings (conf/drq.yaml) on cartpole_swingup for 100k env frames, with `sgqn
               fit`'s defaults and with SAC's fastest row of the update part (TF32 if that is the default),
               both at once, each on its share of the cores.
-Out: suite.json (all figures), suite.md (the README's table), logs.tar.gz (every run's log and figures), all
+Out: suite.json (all figures), suite.md (the table of docs/gpu.md), logs.tar.gz (every run's log and figures), all
 three rewritten after each part. Nothing is estimated: a part that fails or runs out of time is reported
 as such.
 """
@@ -43,8 +43,8 @@ PARTS = ("env", "update", "throughput", "parity")
 class Suite:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args, self.out = args, args.out
-        # Logs and per-run figures go to a scratch folder, packed into one archive: the device tool brings
-        # back at most 8 files from $OUT.
+        # Logs and per-run figures go to a scratch folder, packed into one archive (a remote run may bring
+        # back only a few files from $OUT).
         self.work = Path(tempfile.mkdtemp(prefix="sgqn-suite-"))
         self.deadline = time.monotonic() + args.budget_s
         self.figures: dict[str, Any] = {"device": args.device, "smoke": args.smoke, "parts": {}}
@@ -157,8 +157,8 @@ class Suite:
         run = ["-c", "conf/drq.yaml"]
         if self.args.smoke:  # the same config at a size that runs in seconds
             run += ["--steps", "120", "--data.init_steps", "60", "--data.image_size", "32",
-                    "--model.num_conv_layers", "2", "--model.hidden_dim", "32", "--data.batch_size", "16",
-                    "--eval.every_env_steps", "60", "--eval.episodes", "1"]  # fmt: skip
+                    "--model.net.num_conv_layers", "2", "--model.net.hidden_dim", "32",
+                    "--data.batch_size", "16", "--eval.every_agent_steps", "60", "--eval.episodes", "1"]  # fmt: skip
         else:
             run += ["--steps", "12500"]
         commands = []
@@ -200,7 +200,7 @@ def _table_lines(log: Path) -> list[str]:
 
 
 def markdown(figures: dict[str, Any]) -> str:
-    """The README's GPU table from the figures (parts that did not run are named, not filled in)."""
+    """The GPU table of docs/gpu.md from the figures (parts that did not run are named, not filled in)."""
     parts = figures["parts"]
     env = parts.get("env", {})
     update = parts.get("update", {})
@@ -263,10 +263,9 @@ def main() -> None:
     parser.add_argument(
         "--update-variants",
         nargs="+",
-        default=["reference", "default", "tf32", "tf32+graph", "tf32+cudagraphs", "tf32+benchmark"],
-        # Cheapest and likeliest first: a row the part's limit cuts is lost. Others (nchw, bf16,
-        # tf32+graph+compile_update, ...) when asked: ~20 s per eager or graph row, and each compiled row
-        # spends a minute or two compiling.
+        default=["reference", "default", "tf32", "tf32+graph", "tf32+benchmark", "tf32+graph+compile_update"],
+        # Cheapest and likeliest first: a row the part's limit cuts is lost. Others (nchw, bf16, ...) when
+        # asked: ~20 s per eager or graph row, and each compiled row spends a minute or two compiling.
         help="update_step.py rows (SGQN and SAC each; speed_variants.py)",
     )
     parser.add_argument("--update-limit-s", type=float, default=330, help="the update part's time limit")

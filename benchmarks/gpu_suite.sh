@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Issue #13 Part 2 on a GPU machine of the `device` tool, in one call (figures under $OUT):
+# The GPU figures (docs/gpu.md) on a GPU machine, in one call (figures under $OUT):
 #   bash scripts/device_bundle.sh          # here, once: .whl/ and .gl/ (38 MiB with the tree)
-#   run(command="bash benchmarks/gpu_suite.sh", carry=[".whl", ".gl"], timeout_s=600)
+#   then on the GPU machine, with .whl and .gl beside the tree: bash benchmarks/gpu_suite.sh
 # Installs what the image lacks (into /tmp, never into its own Python), then benchmarks/gpu_suite.py;
 # arguments pass through (e.g. --parts update throughput, --budget-s 300).
 set -uo pipefail

@@ -1,6 +1,6 @@
 """The speed variants that `update_step.py` times, and the `sgqn fit` flags that train with each of them.
 
-A variant is "+"-joined tokens, read left to right: "tf32+cudagraphs", "bf16+cudagraphs+benchmark".
+A variant is "+"-joined tokens, read left to right: "tf32+graph", "tf32+graph+compile_update+benchmark".
 A token sets `SpeedOptions` fields (`--model.speed.*`) or `lightning.Trainer` arguments (`--trainer.*`).
 A CPU row starts from channels-last off (the CPU table's `fp32` baseline, kept so that its rows stay
 comparable); a CUDA row starts from `SpeedOptions()`, what `sgqn fit` runs, so `fit_flags(variant)`
@@ -22,13 +22,12 @@ SPEED: dict[str, dict[str, Any]] = {  # token → SpeedOptions fields
     "channels_last": {"channels_last": True},
     "cl": {"channels_last": True},
     "bf16": {"autocast_bf16": True},
-    "compile": {"compile": True},
-    "compile_update": {"channels_last": True, "compile_update": True},  # every loss compiled
-    "all": {"channels_last": True, "autocast_bf16": True, "compile": True},
+    # The whole update (every loss, backward pass, Adam step, the target EMA) `torch.compile`d, one graph
+    # per due pattern.
+    "compile_update": {"channels_last": True, "compile_update": True},
     # GPU precisions (no effect on CPU): strict IEEE fp32, TF32 matmuls + convs.
     "ieee": {"tf32": False},
     "tf32": {"tf32": True},
-    "cudagraphs": {"compile_update": True, "compile_mode": "reduce-overhead"},
     # The whole update as one function per due pattern: one CUDA graph replay per update on a GPU (on
     # the CPU, the same Python); "+compile_update" compiles that function whole.
     "graph": {"graph_update": True},
@@ -37,9 +36,9 @@ TRAINER: dict[str, dict[str, Any]] = {  # token → lightning.Trainer arguments
     "benchmark": {"benchmark": True},  # cuDNN times its algorithms per conv shape and keeps the fastest
 }
 ROW_ONLY = ("reference", "malloc")
-CPU_VARIANTS = ["fp32", "channels_last", "bf16", "compile", "cl+compile", "all", "compile_update"]
+CPU_VARIANTS = ["fp32", "channels_last", "bf16", "compile_update"]
 CUDA_VARIANTS = ["reference", "default", "nchw", "ieee", "tf32", "tf32+benchmark", "bf16",
-                 "tf32+graph", "tf32+graph+compile_update", "tf32+cudagraphs", "bf16+cudagraphs"]  # fmt: skip
+                 "tf32+graph", "tf32+graph+compile_update"]  # fmt: skip
 
 
 def tokens(variant: str) -> list[str]:

@@ -16,8 +16,12 @@ import time
 
 import torch
 
-from sgqn.data.stream import DMCDataModule
-from sgqn.module import SGQNModule
+from sgqn.algorithms.agent import Optimizers, adam_optimizers
+from sgqn.algorithms.sac import SACConfig
+from sgqn.algorithms.saliency_guidance import SGQNConfig
+from sgqn.data.datamodule import DMCDataModule
+from sgqn.nets.config import NetConfig
+from sgqn.training.module import AgentModule
 
 
 def steps_per_second(overlap: bool, steps: int, sync_every: int) -> float:
@@ -26,26 +30,25 @@ def steps_per_second(overlap: bool, steps: int, sync_every: int) -> float:
         task="cartpole_swingup",
         image_size=40,
         render_quality="fast",
-        num_env_steps=100 + 150 + steps,
+        num_agent_steps=100 + 150 + steps,
         init_steps=100,
         batch_size=32,
         overlap_collection=overlap,
         policy_sync_every=sync_every,
     )
-    module = SGQNModule(
+    module = AgentModule(
         algorithm="sgqn",
+        net=NetConfig(num_conv_layers=3, num_filters=16, hidden_dim=128),
+        sac=SACConfig(shift_pad=2),
+        sgqn=SGQNConfig(decoder_channels=(16, 32, 16)),
         observation_shape=dm.observation_shape,
         action_dim=dm.action_dim,
-        num_conv_layers=3,
-        num_filters=16,
-        hidden_dim=128,
-        decoder_channels=(16, 32, 16),
-        shift_pad=2,
         task="cartpole_swingup",
     )
     module.set_overlay_images(torch.randint(0, 256, (16, 3, 40, 40), dtype=torch.uint8))
     module.setup("fit")
-    step = module.standalone_step()
+    agent = module.agent
+    opt = Optimizers(adam_optimizers(agent))
     policy = module.policy_module(deterministic=False, snapshot=overlap)
     stream = dm.build(policy, sync_policy=policy.module.sync if overlap else None)
     updates, started, start_steps = 0, 0.0, 0
@@ -54,9 +57,9 @@ def steps_per_second(overlap: bool, steps: int, sync_every: int) -> float:
             continue
         updates += 1
         if updates == 150:  # after the warm-up's burst
-            started, start_steps = time.perf_counter(), dm.stats.env_steps
-        module.loss.update(batch, updates, step)
-    return (dm.stats.env_steps - start_steps) / (time.perf_counter() - started)
+            started, start_steps = time.perf_counter(), dm.stats.agent_steps
+        agent.update(batch, opt, agent.due(updates))
+    return (dm.stats.agent_steps - start_steps) / (time.perf_counter() - started)
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ evaluations all counted, and its projection to a full run.
 Runs a real `sgqn fit` (any config and override; MLflow into a temporary store, or none with `--no-mlflow`) for `--steps` agent steps
 and times its phases from inside the trainer: the random warm-up (env only), the learning phase (env +
 updates, evaluations excluded) and each evaluation. The projection to `--project` agent steps (500k, the
-paper's run) is warm-up + learning at the measured rate + one evaluation per `eval.every_env_steps`, each
+paper's run) is warm-up + learning at the measured rate + one evaluation per `eval.every_agent_steps`, each
 as long as the measured ones — start-up (imports, env and network construction) is reported apart, and
 so is the one-time start of the evaluation's worker processes (`--eval.workers`), counted once.
 """
@@ -33,14 +33,14 @@ def _eval_history(trainer: Trainer) -> tuple[list[dict[str, float]], int]:
     """The evaluation callback's history so far and its cadence (agent steps)."""
     for callback in trainer.callbacks:  # type: ignore[attr-defined]
         history = getattr(callback, "history", None)
-        if isinstance(history, list) and history and "env_steps" in history[-1]:
-            return history, int(getattr(callback, "every_env_steps", 0))
+        if isinstance(history, list) and history and "agent_steps" in history[-1]:
+            return history, int(getattr(callback, "every_agent_steps", 0))
     return [], 0
 
 
 def _curve(history: list[dict[str, float]]) -> list[dict[str, float]]:
     """The learning curve: each mode's mean return per evaluation."""
-    keep = lambda k: k == "env_steps" or k.endswith("return_mean")  # noqa: E731
+    keep = lambda k: k == "agent_steps" or k.endswith("return_mean")  # noqa: E731
     return [{k: round(float(v), 1) for k, v in h.items() if keep(k)} for h in history]
 
 
@@ -58,15 +58,15 @@ class ThroughputProbe(Callback):
         history, _ = _eval_history(trainer)
         # Evaluations are counted at each mark, so exactly those run between the marks are taken out
         # of the learning phase (not the final one, which runs after the last batch).
-        if "learn_start" not in PROBE and stats.env_steps > PROBE["init_steps"]:
-            PROBE["learn_start"], PROBE["learn_start_steps"] = now, stats.env_steps
+        if "learn_start" not in PROBE and stats.agent_steps > PROBE["init_steps"]:
+            PROBE["learn_start"], PROBE["learn_start_steps"] = now, stats.agent_steps
             PROBE["burst_updates"], PROBE["evals_before_learning"] = stats.updates, len(history)
-        PROBE["end"], PROBE["steps"], PROBE["updates"] = now, stats.env_steps, stats.updates
+        PROBE["end"], PROBE["steps"], PROBE["updates"] = now, stats.agent_steps, stats.updates
         PROBE["evals_before_end"] = len(history)
         if PROBE.get("json") and len(history) != PROBE.get("evals_written", 0):
             PROBE["evals_written"] = len(history)
             partial = {
-                "status": f"partial: stopped before its end, at {stats.env_steps} agent steps or later"
+                "status": f"partial: stopped before its end, at {stats.agent_steps} agent steps or later"
             }
             PROBE["json"].write_text(json.dumps({**partial, "eval_returns": _curve(history)}, indent=1))
 
@@ -88,7 +88,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="sgqn-throughput-"))
     argv = ["fit", *(w for c in args.config for w in ("-c", c)), *overrides]
-    argv += ["--data.num_env_steps", str(args.steps), "--trainer.default_root_dir", str(work / "outputs")]
+    argv += ["--data.num_agent_steps", str(args.steps), "--trainer.default_root_dir", str(work / "outputs")]
     if args.no_mlflow:
         argv += ["--trainer.logger", "false"]
     else:
@@ -101,7 +101,7 @@ def main() -> None:
     # Read after the fit: the final evaluation runs in the evaluation callback's `on_train_end`.
     history, every = _eval_history(cli.trainer)
     parts = ("eval/seconds", "eval/saliency_seconds", "eval/video_seconds")  # episodes, grid, videos
-    evals = [(int(h["env_steps"]), sum(float(h.get(k, 0.0)) for k in parts)) for h in history]
+    evals = [(int(h["agent_steps"]), sum(float(h.get(k, 0.0)) for k in parts)) for h in history]
     # `--eval.workers`: the worker processes start once, before the first evaluation's clock.
     starts = [float(h.get("eval/workers_startup_seconds", 0.0)) for h in history]
 

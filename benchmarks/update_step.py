@@ -1,9 +1,9 @@
-"""Milliseconds per agent update of `SGQNModule` (sac / svea / sgqn / drqv2 / drqv2_sgqn), per speed option.
+"""Milliseconds per agent update of `AgentModule` (sac / svea / sgqn / drqv2 / drqv2_sgqn), per speed option.
 
     python benchmarks/update_step.py                       # paper size: batch 128, 11 conv layers, 84 px
     python benchmarks/update_step.py --quick               # tiny smoke run (CI)
     python benchmarks/update_step.py --variants fp32 channels_last --algorithms sgqn
-    python benchmarks/update_step.py --device cuda --variants reference default tf32 tf32+graph tf32+cudagraphs
+    python benchmarks/update_step.py --device cuda --variants reference tf32+graph tf32+graph+compile_update
 
 Each row runs the real `training_step` under a `lightning.Trainer` on synthetic batches and reports the
 mean over whole update cycles (the actor / target / aux steps run every 2nd update; "even"/"odd" columns
@@ -17,9 +17,9 @@ Every row runs in a fresh process; `--rounds N` repeats all rows round-robin. On
 the "best" column (contention only adds time). On `--device cuda` each update is timed between two
 `torch.cuda.synchronize()`, the batch comes from pinned host memory as the replay serves it, "ieee" /
 "tf32" set `--model.speed.tf32`, "+benchmark" sets `--trainer.benchmark` (cuDNN's autotuner),
-"+cudagraphs" compiles every loss with mode "reduce-overhead" (CUDA graphs per loss; Adam eager), "+graph"
-replays the whole update, Adam steps included, as one CUDA graph per due pattern (after 2 eager calls
-per pattern: the warm-up must cover them), and `--profile`
+"+graph" replays the whole update, Adam steps included, as one CUDA graph per due pattern (after 2 eager
+calls per pattern: the warm-up must cover them), "+compile_update" `torch.compile`s that whole update (one
+graph per due pattern; with "+graph" the compiled update is what the CUDA graphs capture), and `--profile`
 updates after the timed ones give the GPU's busy time per update (kernels, copies: what CUDA graphs
 cannot remove); a row that fails is reported as failed and the others still run.
 """
@@ -47,11 +47,17 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import flop_registry
 
-from sgqn.module import SGQNModule, SpeedOptions, tune_cpu_malloc
-from sgqn.objectives.reference import reference_update
+from sgqn.algorithms.agent import adam_optimizers
+from sgqn.nets.config import NetConfig
+from sgqn.training.module import AgentModule
+from sgqn.training.speed import SpeedOptions, tune_cpu_malloc
 
 sys.path.insert(0, str(Path(__file__).parent))  # run as a script or loaded by path (tests)
 from speed_variants import CPU_VARIANTS, CUDA_VARIANTS, speed_fields, tokens, trainer_args
+
+# The SGQN authors' update order, the test oracle (tests/reference_update.py; captum: a dev dependency).
+sys.path.append(str(Path(__file__).resolve().parents[1] / "tests"))
+from reference_update import reference_update
 
 
 def synthetic_batch(batch: int, size: int, action_dim: int) -> TensorDict:
@@ -153,7 +159,7 @@ class _Timer(L.Callback):
 
 
 def time_module(
-    module: SGQNModule,
+    module: AgentModule,
     batch: TensorDict,
     warmup: int,
     repeats: int,
@@ -183,24 +189,25 @@ def time_module(
 
 
 def time_reference(
-    module: SGQNModule, batch: TensorDict, warmup: int, repeats: int, device: str = "cpu", profile: int = 0
+    module: AgentModule, batch: TensorDict, warmup: int, repeats: int, device: str = "cpu", profile: int = 0
 ) -> tuple[list[float], float | None]:
     module.setup("fit")  # the speed settings that `Trainer.fit` would apply (malloc, TF32)
-    opts = module.configure_optimizers()
+    agent: Any = module.agent  # an SGQN agent (reference rows are SGQN's)
+    opts = list(adam_optimizers(agent).values())  # critic, actor, alpha, aux: the reference's order
     on = torch.device(device)
     batch = batch.pin_memory() if on.type == "cuda" else batch
     times = []
     for step in range(warmup + repeats):
         _sync(on)
         start = time.perf_counter()
-        reference_update(module, batch.to(on, non_blocking=True), opts, step)
+        reference_update(agent, batch.to(on, non_blocking=True), opts, step)
         _sync(on)
         times.append(time.perf_counter() - start)
     if not profile:
         return times[warmup:], None
     with _Profile(device) as profiled:
         for step in range(warmup + repeats, warmup + repeats + profile):
-            reference_update(module, batch.to(on, non_blocking=True), opts, step)
+            reference_update(agent, batch.to(on, non_blocking=True), opts, step)
             profiled.updates += 1
         _sync(on)
     return times[warmup:], profiled.ms_per_update()
@@ -263,22 +270,21 @@ def _load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def _module(args: argparse.Namespace, variant: str, algorithm: str, device: str = "cpu") -> SGQNModule:
+def _module(args: argparse.Namespace, variant: str, algorithm: str, device: str = "cpu") -> AgentModule:
     torch.manual_seed(0)
     speed = speed_fields(variant, device)
     if variant == "reference":  # the reference's NCHW convs and literal upsample-then-conv decoder
         speed |= {"channels_last": False, "subpixel_decoder": False}
     speed["tune_malloc"] = variant != "malloc"
-    options: dict[str, Any] = {"speed": SpeedOptions(**speed)}
-    layers = args.layers
+    net = NetConfig(num_conv_layers=args.layers)  # feature_dim None: the SAC lineage's 100
     if algorithm.startswith("drqv2"):  # DrQ-v2's own sizes (conf/drqv2.yaml): 4 conv layers, trunk 50
-        layers, options["feature_dim"] = min(args.layers, 4), 50
-    module = SGQNModule(
+        net = NetConfig(num_conv_layers=min(args.layers, 4), feature_dim=50)
+    module = AgentModule(
         algorithm=algorithm,
+        net=net,
+        speed=SpeedOptions(**speed),
         observation_shape=(9, args.size, args.size),
         action_dim=args.action_dim,
-        num_conv_layers=layers,
-        **options,
     ).to(device)
     if module.uses_overlay:
         module.set_overlay_images(torch.randint(0, 256, (64, 3, args.size, args.size), dtype=torch.uint8))
@@ -293,7 +299,7 @@ def measure_row(args: argparse.Namespace, variant: str, algorithm: str) -> tuple
         tune_cpu_malloc()
     batch = synthetic_batch(args.batch, args.size, args.action_dim)
     module = _module(args, variant, algorithm, args.device)
-    slow = args.device == "cpu" and not {"bf16", "all"}.isdisjoint(tokens(variant))  # no native bf16 here
+    slow = args.device == "cpu" and "bf16" in tokens(variant)  # no native bf16 here
     repeats = args.slow_repeats if slow else args.repeats
     warmup = args.warmup
     if args.device == "cuda" and "graph" in tokens(variant):

@@ -169,9 +169,9 @@ EXPLORER = [
         "import torch\n"
         "from mlflow import MlflowClient\n\n"
         "import sgqn.envs  # selects the OpenGL backend before dm_control loads\n"
-        "from sgqn.data.stream import DMCDataModule\n"
-        "from sgqn.module import SGQNModule\n"
-        "from sgqn.evaluation.viz import saliency_grid\n\n"
+        "from sgqn.data.datamodule import DMCDataModule\n"
+        "from sgqn.evaluation.viz import saliency_grid\n"
+        "from sgqn.training.module import AgentModule\n\n"
         "TRACKING_URI = os.environ.get('MLFLOW_TRACKING_URI', 'sqlite:///mlflow.db')\n"
         "EXPERIMENT = os.environ.get('SGQN_EXPERIMENT')\n"
         "MODE = os.environ.get('SGQN_MODE', 'video_hard')\n"
@@ -192,7 +192,7 @@ EXPLORER = [
         "print(run.info.run_name, local)"
     ),
     new_code_cell(
-        "module = SGQNModule.load_from_checkpoint(local, map_location='cpu').eval()\n"
+        "module = AgentModule.load_from_checkpoint(local, map_location='cpu').eval()\n"
         "data = DMCDataModule.from_checkpoint(local)\n"
         "env = data.make_env(mode=MODE, seed=data.hparams.seed + 123)\n"
         "policy = module.policy_module(deterministic=True)\n"

@@ -16,7 +16,7 @@ pip=(.venv/bin/python -m pip)
 [[ -x .venv/bin/python ]] || pip=(python3 -m pip)
 
 # Pinned to what `scripts/bootstrap.sh` installs (torchrl/tensordict/dm_control/mujoco) or its resolver
-# picked; every one was checked to import and run on torch 2.11 (README, "GPU runs").
+# picked; every one was checked to import and run on torch 2.11 (docs/gpu.md).
 wheels=(
   torchrl==0.14.1 tensordict==0.14.3 pyvers==0.2.3 hoptorch==0.1.4 orjson==3.13.0 importlib_metadata==9.1.0
   mujoco==3.17.0 glfw==2.11.0 PyOpenGL==3.1.10 websockets==17.4 dm-env==1.6 dm-tree==0.1.10
@@ -58,7 +58,7 @@ with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dest, "w", zipfile.ZIP_DEFLATE
 print(f"{dest.name}: {src.stat().st_size / 2**20:.1f} MiB -> {dest.stat().st_size / 2**20:.1f} MiB")
 EOF
 
-# EGL through GLVND for the NVIDIA driver (the device README's recipe), amd64 whatever this machine is.
+# EGL through GLVND for the NVIDIA driver (the NVIDIA container recipe), amd64 whatever this machine is.
 rm -rf .gl && mkdir -p .gl /tmp/amd64/partial
 apt_opts=(-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64)
 apt-get "${apt_opts[@]}" update -qq

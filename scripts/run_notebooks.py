@@ -36,9 +36,9 @@ def tiny_sweep(work: Path, tracking_uri: str) -> tuple[str, dict[str, str]]:
     algorithm, task = config["model"]["algorithm"], config["data"]["task"]
     seed = config["data"].get("seed", 0)  # DMCDataModule's default
     experiment = config["trainer"]["logger"]["init_args"]["experiment_name"]
-    trial, steps = f"{algorithm}-{task}-s{seed}", config["data"]["num_env_steps"]
+    trial, steps = f"{algorithm}-{task}-s{seed}", config["data"]["num_agent_steps"]
     record = {"trial": trial, "algorithm": algorithm, "task": task, "seed": seed}
-    record |= {"num_env_steps": steps, "overrides": {}}
+    record |= {"num_agent_steps": steps, "overrides": {}}
     client = MlflowClient(tracking_uri=tracking_uri)  # creates the database, before the fit opens it
     if client.get_experiment_by_name(experiment) is None:  # (exists when --keep reuses a work folder)
         # Artifacts in the work folder (created here, the experiment would default to ./mlruns of the caller).

@@ -25,17 +25,17 @@ def fit_args(root: Path, *extra: str, config: str = TINY) -> list[str]:
     ]
 
 
-def short_run(num_env_steps: int, checkpoint_every: int) -> list[str]:
+def short_run(num_agent_steps: int, checkpoint_every: int) -> list[str]:
     """Overrides for a run of a few seconds: 20 warm-up steps, then one update per agent step, one
     final evaluation episode in the train env only, no saliency pictures or videos."""
     return [
-        "--data.num_env_steps", str(num_env_steps),
+        "--data.num_agent_steps", str(num_agent_steps),
         "--data.init_steps", "20",
-        "--eval.every_env_steps", "0",
+        "--eval.every_agent_steps", "0",
         "--eval.modes", "[train]",
         "--eval.saliency_every_evals", "0",
         "--eval.video_every_evals", "0",
-        "--checkpoint.every_env_steps", str(checkpoint_every),
+        "--checkpoint.every_agent_steps", str(checkpoint_every),
     ]  # fmt: skip
 
 

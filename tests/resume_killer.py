@@ -10,13 +10,13 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 
 
 class KillAt(Callback):
-    """`kill -9` of the training process once `env_steps` agent steps are collected (no clean-up runs)."""
+    """`kill -9` of the training process once `agent_steps` agent steps are collected (no clean-up runs)."""
 
-    def __init__(self, env_steps: int) -> None:
-        self.env_steps = env_steps
+    def __init__(self, agent_steps: int) -> None:
+        self.agent_steps = agent_steps
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if trainer.datamodule.stats.env_steps >= self.env_steps:  # type: ignore[attr-defined]
+        if trainer.datamodule.stats.agent_steps >= self.agent_steps:  # type: ignore[attr-defined]
             os.kill(os.getpid(), signal.SIGKILL)

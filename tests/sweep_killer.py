@@ -1,4 +1,4 @@
-"""A callback the sweep test adds to every trial: the first trial to reach `env_steps` SIGKILLs its Ray
+"""A callback the sweep test adds to every trial: the first trial to reach `agent_steps` SIGKILLs its Ray
 worker (its parent process), once per sweep, as a preempted node or an OOM kill would."""
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 
 
 class KillWorkerOnce(Callback):
-    def __init__(self, env_steps: int, marker: str) -> None:
-        self.env_steps, self.marker = env_steps, marker
+    def __init__(self, agent_steps: int, marker: str) -> None:
+        self.agent_steps, self.marker = agent_steps, marker
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if trainer.datamodule.stats.env_steps < self.env_steps:  # type: ignore[attr-defined]
+        if trainer.datamodule.stats.agent_steps < self.agent_steps:  # type: ignore[attr-defined]
             return
         try:  # exactly one trial of the sweep wins this, on its first attempt only
             fd = os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)

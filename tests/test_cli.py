@@ -38,7 +38,7 @@ def test_fit_then_evaluate(tmp_path: Path) -> None:
         "train/loss_consistency",
         "train/loss_attribution",
         "train/episode_return",
-        "env/fps",
+        "agent/steps_per_s",
         "train/updates_per_s",
         "eval/train/return_mean",
         "eval/color_hard/return_mean",
@@ -46,7 +46,7 @@ def test_fit_then_evaluate(tmp_path: Path) -> None:
         "eval/color_hard/saliency_iou",
     ]:
         assert key in metrics, key
-    assert metrics["env/steps"] == 200 and metrics["train/updates"] == 200
+    assert metrics["agent/steps"] == 200 and metrics["train/updates"] == 200
     assert (
         params["algorithm"] == "sgqn"
         and params["task"] == "cartpole_balance"
@@ -61,12 +61,12 @@ def test_fit_then_evaluate(tmp_path: Path) -> None:
     assert videos <= set(artifacts) and not any("step_00000100.mp4" in a for a in artifacts)  # every 2nd
     # checkpoints are kept once, in the local folder the run's checkpoint_dir tag names, not uploaded
     assert not any(a.endswith(".ckpt") for a in artifacts)
-    (checkpoint,) = (tmp_path / "outputs").rglob("env_steps=200.ckpt")
+    (checkpoint,) = (tmp_path / "outputs").rglob("agent_steps=200.ckpt")
     folder = Path(run.data.tags[CHECKPOINT_DIR_TAG])
     assert folder.is_absolute() and folder == checkpoint.parent.resolve()
     last = find_checkpoint(run.info.run_id, uri)
     assert last == folder / "last.ckpt" and find_checkpoint(run.info.run_name, uri, experiment="tiny") == last
-    assert find_checkpoint(run.info.run_id, uri, which="env_steps=100").is_file()
+    assert find_checkpoint(run.info.run_id, uri, which="agent_steps=100").is_file()
 
     second_seed = tmp_path / "seed1.ckpt"  # stands in for another seed's checkpoint
     shutil.copy(checkpoint, second_seed)

@@ -3,9 +3,12 @@ suggestions, logged parameters, the end-of-fit summary and the filtered dependen
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import socket
+import subprocess
+import sys
 import time
 import warnings
 from collections import namedtuple
@@ -16,7 +19,7 @@ import yaml
 
 from cli_helpers import TINY, all_runs, fit_args, short_run
 from sgqn.app import validation
-from sgqn.app.arguments import suggest_options
+from sgqn.app.arguments import RENAMED, suggest_options
 from sgqn.app.checkpointing import AtomicCheckpointIO
 from sgqn.app.cli import main
 from sgqn.app.fit import cli_main
@@ -70,7 +73,7 @@ def test_runs_of_one_seed_get_distinct_names_tags_resolved_params_and_a_summary(
         assert "checkpoints: " + str(store / "outputs") in out
         assert "artifacts:   " in out and run.info.run_id in out
         assert re.search(r"final eval: .*train -?\d+\.\d", out)
-        assert re.search(r"wall time: +\d+ s", out)
+        assert re.search(r"wall time: +\d+ (s|min \d\d s)\n", out)  # over a minute on a busy 2-core machine
         assert f"mlflow ui --backend-store-uri sqlite:///{store}/mlflow.db" in out
 
 
@@ -219,7 +222,7 @@ def test_optimizer_flags_are_gone(store: Path, capsys: pytest.CaptureFixture[str
         main(["fit", "--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    assert "--model.actor_lr" in out  # the help is there
+    assert "--model.sac.actor_lr" in out  # the help is there
     assert "--optimizer" not in out and "--lr_scheduler" not in out
     with pytest.raises(SystemExit) as exit_info:
         main(fit_args(store, "--optimizer", "Adam"))
@@ -235,21 +238,149 @@ def test_unknown_option_suggests_near_names(store: Path, capsys: pytest.CaptureF
     err = capsys.readouterr().err
     line = err.splitlines()[0]
     assert line.startswith("sgqn: error: unrecognized arguments: --model.lr")
-    assert "--model.actor_lr" in line and "--model.critic_lr" in line
+    assert "--model.sac.actor_lr" in line and "--model.sac.critic_lr" in line
     assert len(err.splitlines()) <= 2  # not jsonargparse's hundred-line usage
 
-    (store / "bad.yaml").write_text("model:\n  quantle: 0.9\n")
+    (store / "bad.yaml").write_text("model:\n  sgqn:\n    quantle: 0.9\n")
     with pytest.raises(SystemExit):
         main(fit_args(store, "-c", str(store / "bad.yaml")))
-    assert "--model.quantile" in capsys.readouterr().err.splitlines()[0]
+    assert "--model.sgqn.quantile" in capsys.readouterr().err.splitlines()[0]
 
 
 def test_suggest_options() -> None:
-    options = ["--model.actor_lr", "--model.critic_lr", "--model.quantile", "--model.help", "--data.seed"]
-    assert suggest_options("--model.lr", options)[:2] == ["--model.actor_lr", "--model.critic_lr"]
-    assert suggest_options("--model.quantle", options) == ["--model.quantile"]
-    assert suggest_options("--modle.quantile=3", options) == ["--model.quantile"]
+    options = [
+        "--model.sac.actor_lr", "--model.sac.critic_lr", "--model.drqv2.actor_lr", "--model.sgqn.quantile",
+        "--model.help", "--data.seed",
+    ]  # fmt: skip
+    assert suggest_options("--model.lr", options)[:2] == ["--model.sac.actor_lr", "--model.sac.critic_lr"]
+    assert suggest_options("--model.sgqn.quantle", options) == ["--model.sgqn.quantile"]
+    assert suggest_options("--modle.sgqn.quantile=3", options) == ["--model.sgqn.quantile"]
     assert suggest_options("--data.zzz", options) == []
+
+
+def _fit_help(capsys: pytest.CaptureFixture[str], flag: str = "--help") -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", flag])
+    assert exit_info.value.code == 0
+    return capsys.readouterr().out
+
+
+def _listed(text: str) -> list[str]:
+    """The options a help text lists (one entry each, at the start of a line)."""
+    return re.findall(r"^  (--[\w.-]+)", text, re.MULTILINE)
+
+
+def test_fit_help_starts_with_our_options(capsys: pytest.CaptureFixture[str]) -> None:
+    out = _fit_help(capsys)
+    first_screen = "\n".join(out.splitlines()[:40])
+    for option in ("--model.algorithm", "--data.task", "--eval.modes"):
+        assert option in first_screen, option
+    assert "--trainer." not in first_screen
+    assert "--help-trainer" in first_screen  # where the rest is
+
+    listed = _listed(out)
+    # the package's groups, in this order; Lightning's trainer options only behind --help-trainer
+    order = ["--resume", "--model.algorithm", "--model.sgqn.quantile", "--data.task", "--eval.modes"]
+    order += ["--checkpoint.every_agent_steps", "--progress.every_agent_steps", "--ckpt_path"]
+    assert [listed.index(option) for option in order] == sorted(listed.index(option) for option in order)
+    assert not [o for o in listed if o.startswith("--trainer")], listed
+    assert "`sgqn fit --help-trainer`" in out.splitlines()[-1]  # also the last line, which a terminal shows
+
+    trainer = _listed(_fit_help(capsys, "--help-trainer"))
+    assert "--trainer.accelerator" in trainer and "--trainer.default_root_dir" in trainer
+    assert all(o.startswith("--trainer") for o in trainer), trainer
+
+
+def test_every_renamed_option_names_an_existing_one(capsys: pytest.CaptureFixture[str]) -> None:
+    options = set(_listed(_fit_help(capsys))) | set(_listed(_fit_help(capsys, "--help-trainer")))
+    assert "--model.sgqn.quantile" in options
+    for old, what in RENAMED.items():
+        assert f"--{old}" not in options, old
+        new = re.findall(r"--[\w.]+", what)
+        assert new and set(new) <= options, (old, what)
+
+
+RENAMES = {
+    "num_env_steps": (
+        ["--data.num_env_steps", "100"],
+        "--data.num_env_steps was renamed --data.num_agent_steps",
+    ),
+    "eval": (["--eval.every_env_steps=5"], "--eval.every_env_steps was renamed --eval.every_agent_steps"),
+    "checkpoint": (
+        ["--checkpoint.every_env_steps", "5"],
+        "--checkpoint.every_env_steps was renamed --checkpoint.every_agent_steps",
+    ),
+    "progress": (
+        ["--progress.print_every_env_steps", "5"],
+        "--progress.print_every_env_steps was renamed --progress.print_every_agent_steps",
+    ),
+    "net": (["--model.num_filters", "8"], "--model.num_filters was renamed --model.net.num_filters"),
+    "sac": (["--model.alpha_lr", "0.1"], "--model.alpha_lr was renamed --model.sac.alpha_lr"),
+    "sac or drqv2": (
+        ["--model.actor_lr", "0.1"],
+        "--model.actor_lr was renamed --model.sac.actor_lr (sac, svea, sgqn) or --model.drqv2.actor_lr",
+    ),
+    "svea": (["--model.svea_alpha", "0.5"], "--model.svea_alpha was renamed --model.svea.alpha"),
+    "sgqn": (["--model.quantile", "0.9"], "--model.quantile was renamed --model.sgqn.quantile"),
+    "drqv2": (["--model.stddev_clip", "0.3"], "--model.stddev_clip was renamed --model.drqv2.stddev_clip"),
+    "removed": (["--model.speed.compile", "true"], "--model.speed.compile was removed"),
+    "config model": ("model:\n  quantile: 0.9\n", "--model.quantile was renamed --model.sgqn.quantile"),
+    "config data": (
+        "data:\n  num_env_steps: 100\n",
+        "--data.num_env_steps was renamed --data.num_agent_steps",
+    ),
+    "config removed": ("model:\n  speed:\n    compile: true\n", "--model.speed.compile was removed"),
+}
+
+
+@pytest.mark.parametrize("case", list(RENAMES))
+def test_an_old_option_name_fails_with_one_line_naming_the_new(
+    case: str, store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    given, expected = RENAMES[case]
+    if isinstance(given, str):  # a key of a config file
+        (store / "old.yaml").write_text(given)
+        given = ["-c", str(store / "old.yaml")]
+    with pytest.raises(SystemExit) as exit_info:
+        main(fit_args(store, *given))
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"sgqn: error: {expected}"), line
+    assert all_runs(store) == []
+
+
+def test_importing_the_cli_is_light_and_help_answers_at_once() -> None:
+    # `sgqn --help` and a mistyped subcommand must not wait for torch, Lightning or MuJoCo, nor start a
+    # process (e.g. a GL backend probe).
+    script = (
+        "import json, os, subprocess, sys\n"
+        "started = []\n"
+        "def record(*args, **kwargs):\n"
+        "    started.append(repr(args)[:200])\n"
+        "    raise OSError('no subprocess while importing the CLI')\n"
+        "subprocess.Popen.__init__ = record\n"
+        "for name in ('system', 'fork', 'posix_spawn', 'posix_spawnp'):\n"
+        "    setattr(os, name, record)\n"
+        "import sgqn.app.cli\n"
+        "heavy = ('dm_control', 'mujoco', 'torch', 'lightning', 'lightning_fabric', 'pytorch_lightning')\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in heavy)\n"
+        "print(json.dumps({'loaded': loaded, 'started': started}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"loaded": [], "started": []}
+
+    entry = Path(sys.executable).with_name("sgqn")
+    command = [str(entry)] if entry.exists() else [sys.executable, "-m", "sgqn"]
+    times = []
+    for _ in range(3):  # the best of three: another process may hold the CPU for a moment
+        start = time.perf_counter()
+        done = subprocess.run([*command, "--help"], capture_output=True, text=True, cwd=REPO)
+        times.append(time.perf_counter() - start)
+        assert done.returncode == 0 and "fit" in done.stdout, done.stderr
+        if times[-1] <= 2:
+            break
+    assert min(times) <= 2, times
 
 
 # --------------------------------------------------------------------------- 8: console noise

@@ -6,7 +6,7 @@ the host inside an update, an observation not moved to the weights, an action no
 each raises here as it would on a GPU. What `meta` lets through, host data entering the update (a tensor
 built on the device from Python data, a host tensor copied over or fed to a device op), `_NoHostData`
 records: a CUDA graph could not capture the copy or would replay a stale value. Copies back to the host go
-through `sgqn.devices.to_host`, which the tests replace by zeros of the right shape (a meta tensor holds no
+through `sgqn.training.devices.to_host`, which the tests replace by zeros of the right shape (a meta tensor holds no
 values to copy).
 """
 
@@ -19,13 +19,14 @@ import torch
 from tensordict import TensorDict
 from torch.overrides import TorchFunctionMode
 
-from sgqn import devices
 from sgqn.algorithms import ALGORITHMS
+from sgqn.algorithms.agent import Optimizers, adam_optimizers
+from sgqn.data.datamodule import DMCDataModule
 from sgqn.data.replay import FrameReplay
-from sgqn.data.stream import DMCDataModule
 from sgqn.evaluation.viz import saliency_grid
-from sgqn.module import SGQNModule, SpeedOptions
-from test_module import SIZE, _batch, _fit, _module, _params, _stepper
+from sgqn.training import devices
+from sgqn.training.module import AgentModule
+from test_module import SIZE, _batch, _module
 
 META = torch.device("meta")
 
@@ -38,7 +39,7 @@ def fake_host(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(devices, "to_host", to_host)
 
 
-def _on_meta(algorithm: str) -> SGQNModule:
+def _on_meta(algorithm: str) -> AgentModule:
     return _module(algorithm).to(META)
 
 
@@ -74,14 +75,17 @@ class _NoHostData(TorchFunctionMode):
 @pytest.mark.parametrize("algorithm", list(ALGORITHMS))
 def test_the_whole_update_runs_on_the_module_device_with_no_host_sync(algorithm: str) -> None:
     module = _on_meta(algorithm)
-    step, stepped = _stepper(module)
+    opt, stepped = Optimizers(adam_optimizers(module.agent)), []
     batch = devices.to_device(_batch(), META)  # the replay's host batch, moved as training_step does
     assert all(t.device == META for t in batch.values(include_nested=True, leaves_only=True))
     for due_at in (0, 1):  # every frequency due, then only the critic's
+        due = module.agent.due(due_at)  # outside the update, as training_step does
+        opt.stepped = {}
         with _NoHostData() as host_data:
-            metrics = module.loss.update(batch, due_at, step)
+            metrics = module.agent.update(batch, opt, due)
         assert not host_data.found, host_data.found
         assert metrics and all(v.device in (META, devices.HOST) for v in metrics.values())
+        stepped += list(opt.stepped.items())
     for name, loss in stepped:
         assert loss.device == META, f"{name} was computed on {loss.device}"
     names = [name for name, _ in stepped]
@@ -94,7 +98,7 @@ def test_the_whole_update_runs_on_the_module_device_with_no_host_sync(algorithm:
 def test_overlay_images_set_after_the_move_land_on_the_module_device() -> None:
     module = _on_meta("svea")
     module.set_overlay_images(torch.randint(0, 256, (4, 3, SIZE, SIZE), dtype=torch.uint8))
-    overlay = module.loss.guidance.overlay_bank()
+    overlay = module.agent.overlay
     assert overlay is not None and overlay.images is not None and overlay.images.device == META
 
 
@@ -135,7 +139,7 @@ def test_an_evaluation_rollout_with_device_weights(fake_host: None) -> None:
 
 
 def test_drqv2_exploration_stddev_on_device_equals_the_schedule() -> None:
-    loss: Any = _module("drqv2").loss
+    loss: Any = _module("drqv2").agent
     for step in (0, 1, 777, 50_000, 99_999, 100_000, 250_000):
         loss.agent_step.fill_(step)
         assert loss.exploration_stddev().item() == loss.stddev(step)
@@ -149,7 +153,7 @@ def test_drqv2_exploration_stddev_on_device_equals_the_schedule() -> None:
 
 def test_the_replay_pins_its_batches_only_for_a_cuda_learner(monkeypatch: pytest.MonkeyPatch) -> None:
     dm = DMCDataModule(
-        task="cartpole_balance", image_size=SIZE, num_env_steps=20, init_steps=10, batch_size=4
+        task="cartpole_balance", image_size=SIZE, num_agent_steps=20, init_steps=10, batch_size=4
     )
     policy = _module("sac", observation_shape=dm.observation_shape, action_dim=dm.action_dim).policy_module(
         False
@@ -190,50 +194,3 @@ def test_the_tf32_switch_sets_cuda_matmuls_and_convs_at_setup(tf32: bool) -> Non
     finally:
         torch.set_float32_matmul_precision(saved[0])
         torch.backends.cudnn.allow_tf32 = saved[1]
-
-
-def test_cuda_graphs_only_for_a_compiled_update_in_a_graph_mode_on_a_gpu() -> None:
-    graphs = {"compile_update": True, "compile_mode": "reduce-overhead"}
-    module = SGQNModule(algorithm="sac", observation_shape=(9, SIZE, SIZE), action_dim=2, num_conv_layers=1,
-                        hidden_dim=8, feature_dim=4, speed=SpeedOptions(tune_malloc=False, **graphs))  # fmt: skip
-    assert not module._cuda_graphs  # on the host: inductor runs no graphs there
-    module._device = torch.device("cuda", 0)  # what `.to("cuda")` records (no GPU needed to read it)
-    assert module._cuda_graphs
-    module.speed = SpeedOptions(compile_update=True, compile_mode="max-autotune-no-cudagraphs")
-    assert not module._cuda_graphs
-
-
-@pytest.mark.parametrize("graphs", [True, False])
-def test_with_cuda_graphs_an_update_starts_a_generation_and_keeps_clones(
-    graphs: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    module = _module("sac")
-    produced = {"loss_critic": torch.tensor(1.5)}
-    marks: list[int] = []
-    logged: list[dict[str, torch.Tensor]] = []
-    monkeypatch.setattr(module, "_update", lambda batch, step, losses: dict(produced))
-    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
-    monkeypatch.setattr(module, "log_dict", lambda metrics, **kwargs: logged.append(metrics))
-    monkeypatch.setattr(type(module), "_cuda_graphs", property(lambda self: graphs))
-    module.update(_batch(), 0)
-    module.update(_batch(), 1)
-    assert marks == ([1, 1] if graphs else [])
-    kept = logged[-1]["train/loss_critic"]
-    assert float(kept) == 1.5
-    # A graph's output is overwritten by the next replay: what outlives the update must be a copy.
-    assert (kept.data_ptr() != produced["loss_critic"].data_ptr()) is graphs
-
-
-def test_with_cuda_graphs_no_grad_outlives_its_optimizer_step(monkeypatch: pytest.MonkeyPatch) -> None:
-    # On an H200, Lightning's teardown (`module.cpu()`) read a grad that the next replay had overwritten.
-    batches = [_batch(seed=i) for i in range(2)]
-    plain = _module("sgqn")
-    _fit(plain, batches)
-    assert any(p.grad is not None for p in plain.parameters())  # eager: the last grads stay
-    monkeypatch.setattr(SGQNModule, "_cuda_graphs", property(lambda self: True))
-    graphs = _module("sgqn")
-    _fit(graphs, batches)
-    assert all(p.grad is None for p in graphs.parameters())
-    expected = _params(plain)
-    for key, value in _params(graphs).items():  # dropping spent grads changes nothing learned
-        assert torch.equal(value, expected[key]), key

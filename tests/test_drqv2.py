@@ -11,20 +11,29 @@ from mlflow import MlflowClient
 from tensordict import TensorDict
 
 from cli_helpers import fit_args, short_run
+from sgqn.algorithms.agent import Optimizers, adam_optimizers
+from sgqn.algorithms.drqv2 import DrQv2, DrQv2Config
+from sgqn.algorithms.drqv2_sgqn import DrQv2SGQN
+from sgqn.algorithms.saliency_guidance import SGQNConfig
 from sgqn.app.cli import main
-from sgqn.module import SGQNModule, SpeedOptions
-from sgqn.nets import AttributionDecoder, Critic
-from sgqn.nets_drqv2 import DeterministicActor, DrQv2Encoder, linear_schedule, truncated_normal_sample
-from sgqn.objectives import SaliencyGuidance
-from sgqn.objectives.drqv2 import DrQv2Loss
+from sgqn.nets.config import NetConfig
+from sgqn.nets.drqv2 import linear_schedule, truncated_normal_sample
+from sgqn.training.module import AgentModule
+from sgqn.training.speed import SpeedOptions
 
 SIZE, A = 32, 2
+NET = NetConfig(num_conv_layers=2, num_filters=8, feature_dim=16, hidden_dim=32)
+NO_SHIFT = DrQv2Config(shift_pad=0, stddev_steps=10)  # the losses on the batch's own pixels
 
 
-def _nets(seed: int = 0) -> tuple[DeterministicActor, Critic]:
-    torch.manual_seed(seed)
-    encoder = DrQv2Encoder((9, SIZE, SIZE), num_layers=2, num_filters=8)
-    return DeterministicActor(encoder, A, 16, 32), Critic(encoder, A, 16, 32)  # type: ignore[arg-type]
+def _drqv2(guided: bool = False) -> DrQv2:
+    torch.manual_seed(0)
+    if not guided:
+        return DrQv2((9, SIZE, SIZE), A, NO_SHIFT, NET)
+    sgqn = SGQNConfig(quantile=0.9, decoder_channels=(8, 8, 8))
+    agent = DrQv2SGQN((9, SIZE, SIZE), A, NO_SHIFT, sgqn, NET)
+    agent.overlay.set_images(torch.randint(0, 256, (4, 3, SIZE, SIZE), dtype=torch.uint8))
+    return agent
 
 
 def _batch(b: int = 6, n_step: bool = True) -> TensorDict:
@@ -56,16 +65,16 @@ def test_the_noise_schedule_and_the_truncated_sample() -> None:
 
 
 def test_the_n_step_target_by_hand() -> None:
-    actor, critic = _nets()
-    loss = DrQv2Loss(actor, critic, discount=0.99, stddev_steps=10)
+    loss = _drqv2()
+    actor, critic = loss.actor, loss.critic
     with torch.no_grad():  # target heads different from the online ones
         for p in loss.target_critic.parameters():
             p.add_(0.05 * torch.randn_like(p))
     batch = _batch()
     next_obs = batch["next", "pixels"].float()
-    loss.at_step(5)  # what `update` does first: σ is read from the agent-step buffer
+    loss.due(5)  # what runs before an update: σ is read from the agent-step buffer
     torch.manual_seed(7)
-    target = loss.target_value(next_obs, batch, due_at=5)
+    target = loss.target_value(next_obs, batch)
     torch.manual_seed(7)
     with torch.no_grad():
         features = critic.encoder(next_obs)  # the ONLINE encoder
@@ -79,54 +88,47 @@ def test_the_n_step_target_by_hand() -> None:
     # without the n-step key: gamma (1 - terminated), as one-step TD
     one = _batch(n_step=False)
     torch.manual_seed(7)
-    plain = loss.target_value(one["next", "pixels"].float(), one, due_at=5)
+    plain = loss.target_value(one["next", "pixels"].float(), one)
     torch.testing.assert_close(plain, one["next", "reward"] + 0.99 * v)
 
 
 def test_sgqn_guidance_on_drqv2_adds_exactly_its_consistency_term() -> None:
-    actor, critic = _nets()
-    decoder = AttributionDecoder(A, 16, (9, SIZE, SIZE), (8, 8, 8))
-    plain = DrQv2Loss(actor, critic)
-    guided = DrQv2Loss(actor, critic, guidance=SaliencyGuidance(critic, decoder, quantile=0.9))
+    plain, guided = _drqv2(), _drqv2(guided=True)  # the same networks and weights (same seed)
     batch = _batch()
-    obs, action = batch["pixels"].float(), batch["action"]
-    target = batch["next", "reward"]
     torch.manual_seed(1)
-    without, _ = plain.critic_loss(obs, action, target)
+    without = plain(batch)["loss_critic"]
     torch.manual_seed(1)
-    with_guidance, terms = guided.critic_loss(obs, action, target)
+    terms = guided(batch)
+    with_guidance = terms["loss_critic"] + terms["loss_consistency"]
     assert terms["loss_consistency"] > 0
     torch.testing.assert_close(with_guidance - without, terms["loss_consistency"], rtol=1e-6, atol=1e-7)
-    torch.testing.assert_close(terms["loss_critic"], without.detach(), rtol=0, atol=0)  # same TD term
+    torch.testing.assert_close(terms["loss_critic"], without, rtol=0, atol=0)  # same TD term
 
 
 @pytest.mark.parametrize("algorithm", ["drqv2", "drqv2_sgqn"])
 def test_every_update_steps_critic_actor_and_target(algorithm: str) -> None:
-    module = SGQNModule(
-        algorithm=algorithm, observation_shape=(9, SIZE, SIZE), action_dim=A, num_conv_layers=2,
-        num_filters=8, feature_dim=16, hidden_dim=32, speed=SpeedOptions(tune_malloc=False), task="cartpole_swingup",
+    module = AgentModule(
+        algorithm=algorithm, observation_shape=(9, SIZE, SIZE), action_dim=A, net=NET,
+        speed=SpeedOptions(tune_malloc=False), task="cartpole_swingup",
     )  # fmt: skip
     if module.uses_overlay:
         module.set_overlay_images(torch.randint(0, 256, (4, 3, SIZE, SIZE), dtype=torch.uint8))
-    names = list(module.loss.all_param_groups())
+    agent = module.agent
+    names = list(agent.optimizer_specs())
     assert names == (["critic", "actor", "aux"] if algorithm == "drqv2_sgqn" else ["critic", "actor"])
-    optimizers = {n: o for n, o in zip(names, module.configure_optimizers(), strict=True)}
+    opt = Optimizers(adam_optimizers(agent))
     steps: list[str] = []
 
-    def step(name: str, loss_name: str, loss: torch.Tensor) -> None:
-        steps.append(name)
-        optimizers[name].zero_grad()
-        loss.backward()
-        optimizers[name].step()
-
-    before = [p.clone() for p in module.loss.target_critic.parameters()]
+    before = [p.clone() for p in agent.target_critic.parameters()]
     for at in (2000, 2002, 2004):
-        metrics = module.loss.update(_batch(), at, step)
+        opt.optimizer_of.clear()
+        metrics = agent.update(_batch(), opt, agent.due(at))
+        steps += list(dict.fromkeys(opt.optimizer_of.values()))
     per_update = ["critic", "actor", "aux"] if algorithm == "drqv2_sgqn" else ["critic", "actor"]
     assert steps == per_update * 3  # the actor (and SGQN's predictor, freq 2) at every update here
     assert metrics["stddev"] == pytest.approx(linear_schedule(2004, 1.0, 0.1, 100_000))
-    assert int(module.loss.agent_step) == 2004  # exploration sigma between updates
-    after = list(module.loss.target_critic.parameters())
+    assert int(agent.agent_step) == 2004  # exploration sigma between updates
+    after = list(agent.target_critic.parameters())
     assert all(not torch.equal(a, b) for a, b in zip(before, after, strict=True))  # EMA every update
 
 
@@ -134,7 +136,7 @@ def test_every_update_steps_critic_actor_and_target(algorithm: str) -> None:
 def test_fit_end_to_end(algorithm: str, tmp_path: Path) -> None:
     args = fit_args(tmp_path, *short_run(60, checkpoint_every=60))
     args += ["--model.algorithm", algorithm, "--data.n_step", "3", "--data.update_every_steps", "2"]
-    args += ["--data.warmup_burst", "false", "--model.feature_dim", "16"]
+    args += ["--data.warmup_burst", "false", "--model.net.feature_dim", "16"]
     main(args)
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     run = client.search_runs([e.experiment_id for e in client.search_experiments()])[0]

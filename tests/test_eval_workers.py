@@ -19,9 +19,10 @@ from torchrl.envs import ParallelEnv
 from sgqn.app.cli import main
 from sgqn.app.eval_callback import EvaluationCallback
 from sgqn.app.evaluate import evaluate_checkpoint
-from sgqn.data.stream import DMCDataModule
+from sgqn.data.datamodule import DMCDataModule
 from sgqn.evaluation.episodes import EVAL_SEED_OFFSET, run_batched_episodes
-from sgqn.module import SGQNModule
+from sgqn.nets.config import NetConfig
+from sgqn.training.module import AgentModule
 
 MODES = ["train", "color_hard"]
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +58,7 @@ def test_batched_episodes_are_the_episodes_their_seed_names() -> None:
     assert returns[0].tolist() != returns[1].tolist()  # other seeds, other initial states
 
 
-def _evaluate(callback: EvaluationCallback, module: SGQNModule, dm: DMCDataModule) -> dict[str, Any]:
+def _evaluate(callback: EvaluationCallback, module: AgentModule, dm: DMCDataModule) -> dict[str, Any]:
     trainer = SimpleNamespace(datamodule=dm, loggers=[])
     return callback.evaluate(trainer, module, step=len(callback.history) * 100)  # type: ignore[arg-type]
 
@@ -65,8 +66,11 @@ def _evaluate(callback: EvaluationCallback, module: SGQNModule, dm: DMCDataModul
 def test_evaluation_k_runs_the_same_episodes_after_a_resume_and_the_workers_keep_our_threads() -> None:
     dm = _datamodule()
     torch.manual_seed(0)
-    module = SGQNModule(
-        algorithm="sac", observation_shape=dm.observation_shape, action_dim=dm.action_dim, num_conv_layers=2
+    module = AgentModule(
+        algorithm="sac",
+        observation_shape=dm.observation_shape,
+        action_dim=dm.action_dim,
+        net=NetConfig(num_conv_layers=2),
     )
     threads = torch.get_num_threads()
     options: dict[str, Any] = {"episodes": 2, "modes": MODES, "saliency_every_evals": 0, "workers": 2}
@@ -99,7 +103,7 @@ def test_sgqn_fit_with_eval_workers_counts_their_start_once_and_stops_them(tmp_p
     path = tmp_path / "figures.json"
     done = subprocess.run(
         [sys.executable, "benchmarks/train_throughput.py", "-c", "conf/tiny.yaml", "--steps", "60", "--no-mlflow",
-         "--data.init_steps", "20", "--eval.every_env_steps", "40", "--eval.modes", "[train, color_hard]",
+         "--data.init_steps", "20", "--eval.every_agent_steps", "40", "--eval.modes", "[train, color_hard]",
          "--eval.video_every_evals", "0", "--eval.saliency_every_evals", "0", "--eval.workers", "1",
          "--json", str(path)],
         cwd=ROOT, capture_output=True, text=True, check=False, timeout=300,
@@ -108,7 +112,7 @@ def test_sgqn_fit_with_eval_workers_counts_their_start_once_and_stops_them(tmp_p
     assert done.returncode == 0, done.stderr[-3000:]
     figures = json.loads(path.read_text())
     assert figures["eval_workers_startup_s"] > 0 and figures["seconds_per_evaluation"] > 0
-    assert [point["env_steps"] for point in figures["eval_returns"]] == [40, 60]
+    assert [point["agent_steps"] for point in figures["eval_returns"]] == [40, 60]
     assert all(
         set(point) >= {"eval/train/return_mean", "eval/color_hard/return_mean"}
         for point in figures["eval_returns"]
@@ -116,8 +120,8 @@ def test_sgqn_fit_with_eval_workers_counts_their_start_once_and_stops_them(tmp_p
 
 
 def test_sgqn_evaluate_with_workers_reports_the_episodes_it_ran_and_repeats_them(tmp_path: Path) -> None:
-    main(["fit", "-c", "conf/tiny.yaml", "--data.num_env_steps", "20", "--data.init_steps", "10",
-          "--eval.every_env_steps", "0", "--eval.at_end", "false", "--trainer.logger", "false",
+    main(["fit", "-c", "conf/tiny.yaml", "--data.num_agent_steps", "20", "--data.init_steps", "10",
+          "--eval.every_agent_steps", "0", "--eval.at_end", "false", "--trainer.logger", "false",
           "--trainer.default_root_dir", str(tmp_path / "outputs")])  # fmt: skip
     (checkpoint,) = (tmp_path / "outputs").rglob("last.ckpt")
     out = tmp_path / "results"

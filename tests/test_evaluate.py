@@ -32,19 +32,19 @@ def test_find_checkpoint_in_the_tagged_folder(tmp_path: Path, store: tuple[Mlflo
     client, uri = store
     folder = tmp_path / "outputs" / "checkpoints"
     folder.mkdir(parents=True)
-    for name in ("last.ckpt", "env_steps=100.ckpt"):
+    for name in ("last.ckpt", "agent_steps=100.ckpt"):
         (folder / name).write_bytes(b"weights")
     run_id = _run(client, "sgqn-seed0", **{CHECKPOINT_DIR_TAG: str(folder)})
     assert find_checkpoint(run_id, uri) == folder / "last.ckpt"  # by id
     assert find_checkpoint("sgqn-seed0", uri) == folder / "last.ckpt"  # by name, any experiment
     assert find_checkpoint("sgqn-seed0", uri, experiment="study") == folder / "last.ckpt"
-    assert find_checkpoint(run_id, uri, which="env_steps=100") == folder / "env_steps=100.ckpt"
+    assert find_checkpoint(run_id, uri, which="agent_steps=100") == folder / "agent_steps=100.ckpt"
     with pytest.raises(LookupError):
         find_checkpoint("sgqn-seed0", uri, experiment="another")
     with pytest.raises(LookupError):
         find_checkpoint("no-such-run", uri)
     with pytest.raises(FileNotFoundError):
-        find_checkpoint(run_id, uri, which="env_steps=200")
+        find_checkpoint(run_id, uri, which="agent_steps=200")
 
 
 def test_find_checkpoint_downloads_an_uploaded_one(tmp_path: Path, store: tuple[MlflowClient, str]) -> None:

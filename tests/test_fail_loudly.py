@@ -21,20 +21,23 @@ from tensordict import TensorDict
 from torch.utils.data import DataLoader
 
 from cli_helpers import all_runs, fit_args, short_run
+from sgqn.algorithms import sac as sac_update
+from sgqn.algorithms import sgqn as sgqn_update
 from sgqn.app.callbacks import EnvStepCheckpoint
 from sgqn.app.cli import MLFLOW_HTTP_DEFAULTS, main
 from sgqn.app.dead_runs import process_alive
 from sgqn.app.tracking import SGQNMLFlowLogger
 from sgqn.assets.colors import load_color_settings
 from sgqn.assets.errors import DataSourceError
-from sgqn.guards import TrainingDiverged, check_weights, nonfinite_message
-from sgqn.module import SGQNModule, SpeedOptions
-from sgqn.objectives import SACLoss
+from sgqn.nets.config import NetConfig
+from sgqn.training.guards import TrainingDiverged, check_weights, nonfinite_message
+from sgqn.training.module import AgentModule
+from sgqn.training.speed import SpeedOptions
 
 REPO = Path(__file__).resolve().parents[1]
 # ~10 s: 50 agent steps, a checkpoint at 25.
 SHORT = short_run(50, checkpoint_every=25)
-HUGE_LR = ["--model.actor_lr", "1e9", "--model.critic_lr", "1e9"]
+HUGE_LR = ["--model.sac.actor_lr", "1e9", "--model.sac.critic_lr", "1e9"]
 
 
 def error_line(err: str) -> str:
@@ -62,7 +65,7 @@ def test_a_diverging_run_stops_naming_the_loss_and_update_and_is_failed(
     err = capsys.readouterr().err
     line = error_line(err)
     assert " is nan at update " in line and "(agent step " in line, line
-    assert "loss_" in line and "--model.critic_lr (now 1e+09)" in line and "on_nonfinite skip" in line
+    assert "loss_" in line and "--model.sac.critic_lr (now 1e+09)" in line and "on_nonfinite skip" in line
     assert "Traceback" not in err and "PhysicsError" not in err and "BADCTRL" not in err
     (run,) = all_runs(store)
     assert run.info.status == "FAILED"
@@ -78,7 +81,7 @@ def test_diverged_weights_never_overwrite_the_last_good_checkpoint(
 
     def save_then_poison(self: EnvStepCheckpoint, trainer: L.Trainer, module: Any, *args: Any) -> None:
         save(self, trainer, module, *args)
-        if trainer.datamodule.stats.env_steps >= 25:  # type: ignore[attr-defined]
+        if trainer.datamodule.stats.agent_steps >= 25:  # type: ignore[attr-defined]
             with torch.no_grad():
                 next(module.critic.q1.parameters()).fill_(float("nan"))  # not the actor's encoder
 
@@ -88,13 +91,13 @@ def test_diverged_weights_never_overwrite_the_last_good_checkpoint(
     assert exit_info.value.code == 3
     line = error_line(capsys.readouterr().err)
     assert re.search(
-        r"error: loss_critic is nan.* at update 2\d \(agent step 2\d\): lower --model.critic_lr", line
+        r"error: loss_critic is nan.* at update 2\d \(agent step 2\d\): lower --model.sac.critic_lr", line
     )
     assert "last good checkpoint is kept: " in line and line.endswith("last.ckpt")
     (run,) = all_runs(store)
     assert run.info.status == "FAILED"
     files = assert_finite_checkpoints(store)
-    assert sorted(p.name for p in files) == ["env_steps=25.ckpt", "last.ckpt"]
+    assert sorted(p.name for p in files) == ["agent_steps=25.ckpt", "last.ckpt"]
     assert (
         torch.load(files[1], map_location="cpu", weights_only=False)["global_step"]
         == torch.load(files[0], map_location="cpu", weights_only=False)["global_step"]
@@ -105,15 +108,15 @@ def test_skip_mode_skips_nonfinite_updates_counts_them_and_finishes(
     store: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A NaN critic loss on every third update, as a rare bad batch would give.
-    critic_loss = SACLoss.critic_loss
+    td_loss = sgqn_update.td_loss
     calls = {"n": 0}
 
-    def sometimes_nan(self: SACLoss, *args: Any) -> Any:
-        loss, metrics = critic_loss(self, *args)
+    def sometimes_nan(*args: Any) -> Any:
+        loss = td_loss(*args)
         calls["n"] += 1
-        return (loss * float("nan") if calls["n"] % 3 == 0 else loss), metrics
+        return loss * float("nan") if calls["n"] % 3 == 0 else loss
 
-    monkeypatch.setattr(SACLoss, "critic_loss", sometimes_nan)
+    monkeypatch.setattr(sgqn_update, "td_loss", sometimes_nan)  # the tiny config's SGQN
     main([*fit_args(store), *SHORT, "--model.on_nonfinite", "skip", "--trainer.log_every_n_steps", "1"])
     (run,) = all_runs(store)
     assert run.info.status == "FINISHED"
@@ -128,10 +131,11 @@ def test_skip_mode_skips_nonfinite_updates_counts_them_and_finishes(
 SIZE = 32
 
 
-def _module(**kwargs: Any) -> SGQNModule:
+def _module(**kwargs: Any) -> AgentModule:
     torch.manual_seed(0)
-    module = SGQNModule(
-        "sac", (9, SIZE, SIZE), 2, num_conv_layers=2, num_filters=8, feature_dim=8, hidden_dim=16,
+    module = AgentModule(
+        "sac", observation_shape=(9, SIZE, SIZE), action_dim=2,
+        net=NetConfig(num_conv_layers=2, num_filters=8, feature_dim=8, hidden_dim=16),
         speed=SpeedOptions(tune_malloc=False), **kwargs,
     )  # fmt: skip
     return module
@@ -153,7 +157,7 @@ def _batches(n: int) -> list[TensorDict]:
     return [one(i) for i in range(n)]
 
 
-def _fit(module: SGQNModule, batches: list[TensorDict]) -> None:
+def _fit(module: AgentModule, batches: list[TensorDict]) -> None:
     trainer = L.Trainer(
         max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False,
@@ -161,9 +165,9 @@ def _fit(module: SGQNModule, batches: list[TensorDict]) -> None:
     trainer.fit(module, DataLoader(batches, batch_size=None, collate_fn=lambda x: x))
 
 
-def test_skip_mode_applies_no_step_of_a_nonfinite_update() -> None:
+def test_skip_mode_applies_no_step_of_a_nonfinite_update(monkeypatch: pytest.MonkeyPatch) -> None:
     module = _module(on_nonfinite="skip")
-    module.loss.critic_loss = lambda *a: (torch.tensor(float("inf"), requires_grad=True), {})  # type: ignore[method-assign]
+    monkeypatch.setattr(sac_update, "td_loss", lambda *a: torch.tensor(float("inf"), requires_grad=True))
     before = {k: v.clone() for k, v in module.state_dict().items()}
     _fit(module, _batches(2))
     after = module.state_dict()
@@ -184,8 +188,8 @@ def test_stop_mode_raises_after_one_check_per_update(monkeypatch: pytest.MonkeyP
     _fit(module, _batches(2))  # finite: one check per update (the policy is not used here)
     assert syncs["n"] == 2
     monkeypatch.setattr(torch, "isfinite", isfinite)
-    module.loss.alpha_loss = lambda *a: (torch.tensor(float("nan"), requires_grad=True), {})  # type: ignore[method-assign]
-    with pytest.raises(TrainingDiverged, match=r"loss_alpha is nan at update 3: lower --model.critic_lr"):
+    module.agent.alpha_loss = lambda *a: torch.tensor(float("nan"), requires_grad=True)  # type: ignore[method-assign]
+    with pytest.raises(TrainingDiverged, match=r"loss_alpha is nan at update 3: lower --model.sac.critic_lr"):
         _fit(module, _batches(1))
 
 
@@ -210,10 +214,14 @@ def test_nonfinite_weights_are_never_saved(tmp_path: Path) -> None:
 
 def test_the_message_names_the_losses_and_the_learning_rates_before_them() -> None:
     nan, one = torch.tensor(float("nan")), torch.tensor(1.0)
-    rates = {"critic_lr": 1e9, "actor_lr": 1e-3, "alpha_lr": 1e-4, "aux_lr": 3e-4}
-    text = nonfinite_message({"loss_critic": one, "loss_actor": nan, "loss_alpha": nan}, 24, 124, rates)
+    rates = {
+        "loss_critic": ("sac.critic_lr", 1e9),
+        "loss_actor": ("sac.actor_lr", 1e-3),
+        "loss_alpha": ("sac.alpha_lr", 1e-4),
+    }
+    text = nonfinite_message({"loss_critic": one, "loss_actor": nan, "loss_alpha": nan}, rates, 24, 124)
     assert text.startswith("loss_actor is nan, loss_alpha is nan at update 24 (agent step 124): lower ")
-    assert "--model.critic_lr (now 1e+09) or --model.actor_lr (now 0.001)" in text
+    assert "--model.sac.critic_lr (now 1e+09) or --model.sac.actor_lr (now 0.001)" in text
     assert "alpha_lr" not in text.split(":")[1].split(",")[0]
 
 
@@ -354,7 +362,7 @@ def test_a_run_whose_process_died_is_marked_killed_by_the_next_fit(
     dead = running(_dead_pid(), store / "outputs" / experiment / "old" / "checkpoints")
     alive = running(os.getpid(), store / "outputs" / experiment / "live" / "checkpoints")
     elsewhere = running(_dead_pid(), store / "other" / "checkpoints")
-    main([*fit_args(store), *SHORT, "--data.num_env_steps", "25"])
+    main([*fit_args(store), *SHORT, "--data.num_agent_steps", "25"])
 
     status = {run.info.run_id: run.info.status for run in all_runs(store)}
     assert status.pop(dead) == "KILLED"

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from sgqn.app.fit import check_fit_args
-from sgqn.module import SpeedOptions
+from sgqn.training.speed import SpeedOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,10 +52,10 @@ def test_variants_start_from_sgqn_fit_defaults_on_cuda_and_from_channels_last_of
         "channels_last": False,
         "tf32": True,
     }  # the CPU table's
-    assert speed_variants.speed_fields("nchw+tf32+cudagraphs", "cuda") == {
-        "channels_last": False, "tf32": True, "compile_update": True, "compile_mode": "reduce-overhead"
+    assert speed_variants.speed_fields("nchw+tf32+graph", "cuda") == {
+        "channels_last": False, "tf32": True, "graph_update": True
     }  # fmt: skip
-    assert speed_variants.trainer_args("bf16+cudagraphs+benchmark") == {"benchmark": True}
+    assert speed_variants.trainer_args("bf16+graph+benchmark") == {"benchmark": True}
     for bad in ("tf23", "reference+tf32"):
         with pytest.raises(ValueError, match="unknown speed variant"):
             speed_variants.tokens(bad)
@@ -79,7 +79,7 @@ def test_the_markdown_names_failed_and_missing_parts_rather_than_filling_them_in
                 {"algorithm": "sgqn", "variant": "reference", "ms_per_update": 41.25, "best_ms": 40.0},
                 {"algorithm": "sac", "variant": "default", "ms_per_update": 6.5, "best_ms": 6.1, "busy_ms": 5.04},
                 {"algorithm": "sgqn", "variant": "default", "ms_per_update": 10.5, "best_ms": 10.0},
-                {"algorithm": "sgqn", "variant": "tf32+cudagraphs", "failed": "RuntimeError: boom"},
+                {"algorithm": "sgqn", "variant": "tf32+graph+compile_update", "failed": "RuntimeError: boom"},
             ], "fastest": {"sac": "default", "sgqn": "default"}},  # as update_step.py writes it
             "throughput": {"status": "ok", "seconds": 200, "variant": "tf32+benchmark", "overlap_true": {
                 "learning_steps_per_s (env + updates, no evaluation)": 20.5}},
@@ -91,7 +91,7 @@ def test_the_markdown_names_failed_and_missing_parts_rather_than_filling_them_in
     assert "| update (ms) | sac | sgqn |" in text
     assert "| reference | — | 41.2 |" in text and "| default | 6.5 (5.0) | 10.5 |" in text
     assert "in brackets: the GPU's busy ms per update" in text
-    assert "| tf32+cudagraphs | — | RuntimeError: boom |" in text
+    assert "| tf32+graph+compile_update | — | RuntimeError: boom |" in text
     assert "SGQN learner, reference order ÷ fastest (default): 4.0× (best cycles)" in text
     assert "- throughput variant: tf32+benchmark (--model.speed.tf32 true --trainer.benchmark true)" in text
     assert '- throughput overlap_true: {"learning_steps_per_s (env + updates, no evaluation)": 20.5}' in text
@@ -131,7 +131,7 @@ def test_the_smoke_suite_runs_every_part_and_writes_its_figures(tmp_path: Path) 
     assert set(parts["parity"]) - {"status", "seconds", "fastest_sac"} == variants
     for variant in variants:
         curve = parts["parity"][variant]["eval_returns"]
-        assert [point["env_steps"] for point in curve] == [0, 60, 120]
+        assert [point["agent_steps"] for point in curve] == [0, 60, 120]
         assert all("eval/train/return_mean" in point for point in curve)
     table = (tmp_path / "suite.md").read_text()
     assert "| update (ms) | sac | sgqn |" in table and "| reference | — | " in table
@@ -142,7 +142,7 @@ def test_train_throughput_without_mlflow_reports_the_curve_up_to_the_final_evalu
     path = tmp_path / "figures.json"
     done = subprocess.run(
         [sys.executable, "benchmarks/train_throughput.py", "-c", "conf/tiny.yaml", "--steps", "60", "--no-mlflow",
-         "--data.init_steps", "20", "--eval.every_env_steps", "40", "--eval.modes", "[train]",
+         "--data.init_steps", "20", "--eval.every_agent_steps", "40", "--eval.modes", "[train]",
          "--eval.video_every_evals", "0", "--eval.saliency_every_evals", "0", "--json", str(path)],
         cwd=ROOT, capture_output=True, text=True, check=False,
     )  # fmt: skip
@@ -152,5 +152,5 @@ def test_train_throughput_without_mlflow_reports_the_curve_up_to_the_final_evalu
     assert "status" not in figures  # the finished run's figures replaced the partial ones
     assert figures["agent_steps"] == 60 and figures["updates"] == 60  # burst of 20, then one per step
     # At 40 (the cadence, within the learning phase) and at the end (after the last batch).
-    assert [point["env_steps"] for point in figures["eval_returns"]] == [40, 60]
+    assert [point["agent_steps"] for point in figures["eval_returns"]] == [40, 60]
     assert figures["learning_steps_per_s (env + updates, no evaluation)"] > 0

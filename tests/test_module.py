@@ -1,4 +1,4 @@
-"""SGQNModule under a real Lightning Trainer: updates, frequencies, the exact fast path, policy, maps."""
+"""AgentModule under a real Lightning Trainer: updates, frequencies, the exact fast path, policy, maps."""
 
 from __future__ import annotations
 
@@ -12,36 +12,28 @@ from tensordict import TensorDict
 from tensordict.nn import TensorDictModule
 from torch.utils.data import DataLoader
 
-from sgqn.module import SGQNModule, SpeedOptions
-from sgqn.objectives.learner import Step
-from sgqn.objectives.reference import reference_update
-from sgqn.saliency import guided_backprop
+from reference_update import reference_update
+from sgqn.algorithms import saliency_guidance as sg
+from sgqn.algorithms.saliency import guided_backprop
+from sgqn.algorithms.saliency_guidance import SGQNConfig
+from sgqn.nets.config import NetConfig
+from sgqn.training.module import AgentModule
+from sgqn.training.speed import SpeedOptions
 
 SIZE, A = 32, 2
-SMALL = dict(
-    observation_shape=(9, SIZE, SIZE), action_dim=A, num_conv_layers=3, num_filters=16, hidden_dim=64
-)
+SMALL = dict(observation_shape=(9, SIZE, SIZE), action_dim=A)
+NET = NetConfig(num_conv_layers=3, num_filters=16, hidden_dim=64, feature_dim=16)
 
 
-def _module(algorithm: str = "sgqn", **kwargs: Any) -> SGQNModule:
+def _module(algorithm: str = "sgqn", **kwargs: Any) -> AgentModule:
+    """A small module; `kwargs` are AgentModule arguments, or fields of the networks' config."""
     torch.manual_seed(0)
     speed = SpeedOptions(tune_malloc=False, **kwargs.pop("speed", {}))
-    module = SGQNModule(algorithm=algorithm, **{**SMALL, "feature_dim": 16, "speed": speed, **kwargs})
+    net = NetConfig(**{**vars(NET), **{k: kwargs.pop(k) for k in list(kwargs) if k in vars(NET)}})
+    module = AgentModule(algorithm=algorithm, **{**SMALL, "net": net, "speed": speed, **kwargs})
     if module.uses_overlay:
         module.set_overlay_images(torch.randint(0, 256, (6, 3, SIZE, SIZE), dtype=torch.uint8))
     return module
-
-
-def _stepper(module: SGQNModule) -> tuple[Step, list[tuple[str, torch.Tensor]]]:
-    """`module.standalone_step()` and the (loss name, detached loss) of every step taken, in order."""
-    plain = module.standalone_step()
-    stepped: list[tuple[str, torch.Tensor]] = []
-
-    def step(optimizer: str, name: str, loss: torch.Tensor) -> None:
-        stepped.append((name, loss.detach()))
-        plain(optimizer, name, loss)
-
-    return step, stepped
 
 
 def _batch(b: int = 8, seed: int = 1) -> TensorDict:
@@ -78,7 +70,7 @@ class _SeedEachBatch(L.Callback):
 
 
 def _fit(
-    module: SGQNModule, batches: list[TensorDict], callbacks: list[L.Callback] | None = None
+    module: AgentModule, batches: list[TensorDict], callbacks: list[L.Callback] | None = None
 ) -> L.Trainer:
     trainer = L.Trainer(
         max_epochs=1,
@@ -104,10 +96,10 @@ def test_trainer_runs_training_steps_and_parameters_change(algorithm: str) -> No
     trainer = _fit(module, [_batch(seed=i) for i in range(3)])
     after = module.state_dict()
     assert int(module.update_step) == 3
-    groups = ["loss.critic.encoder.", "loss.critic.projection.", "loss.critic.q1.", "loss.critic.q2."]
-    groups += ["loss.actor.projection.", "loss.actor.trunk.", "loss.log_alpha", "loss.target_critic."]
+    groups = ["agent.critic.encoder.", "agent.critic.projection.", "agent.critic.q1.", "agent.critic.q2."]
+    groups += ["agent.actor.projection.", "agent.actor.trunk.", "agent.log_alpha", "agent.target_critic."]
     if algorithm == "sgqn":
-        groups.append("loss.guidance.decoder.")
+        groups.append("agent.decoder.")
     for group in groups:
         keys = [k for k in before if k.startswith(group)]
         assert keys and any(not torch.equal(before[k], after[k]) for k in keys), group
@@ -119,10 +111,13 @@ def test_trainer_runs_training_steps_and_parameters_change(algorithm: str) -> No
     assert all(torch.isfinite(v) for v in metrics.values())
 
 
-def test_update_counter_drives_the_frequencies_and_is_checkpointed() -> None:
-    module = _module("sgqn", actor_update_freq=2, critic_target_update_freq=3, aux_update_freq=2)
+def test_update_counter_drives_the_frequencies_and_is_checkpointed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sgqn.algorithms.sac import SACConfig
+
+    sac = SACConfig(actor_update_freq=2, critic_target_update_freq=3)
+    module = _module("sgqn", sac=sac, sgqn=SGQNConfig(aux_update_freq=2))
     calls = {"actor": 0, "target": 0, "aux": 0, "critic": 0}
-    loss = module.loss
+    agent = module.agent
 
     def count(name: str, fn: Any) -> Any:
         def wrapped(*args: Any, **kwargs: Any) -> Any:
@@ -131,17 +126,17 @@ def test_update_counter_drives_the_frequencies_and_is_checkpointed() -> None:
 
         return wrapped
 
-    loss.critic_loss = count("critic", loss.critic_loss)  # type: ignore[method-assign]
-    loss.actor_loss = count("actor", loss.actor_loss)  # type: ignore[method-assign]
-    loss.guidance.attribution_loss = count("aux", loss.guidance.attribution_loss)  # type: ignore[method-assign]
-    loss.target_critic.update = count("target", loss.target_critic.update)  # type: ignore[method-assign]
+    agent.soft_target = count("critic", agent.soft_target)  # type: ignore[method-assign]  # once per update
+    agent.actor_loss = count("actor", agent.actor_loss)  # type: ignore[method-assign]
+    monkeypatch.setattr(sg, "attribution_loss", count("aux", sg.attribution_loss))
+    agent.target_critic.update = count("target", agent.target_critic.update)  # type: ignore[method-assign]
     _fit(module, [_batch(seed=i) for i in range(5)])
     assert calls == {"critic": 5, "actor": 3, "aux": 3, "target": 2}  # updates 0..4: even; 0 and 3
     assert module.state_dict()["update_step"] == 5
 
 
 def test_fast_path_equals_the_naive_reference_ordered_update() -> None:
-    module = _module("sgqn", quantile=0.9)
+    module = _module("sgqn", sgqn=SGQNConfig(quantile=0.9))
     reference = copy.deepcopy(module)
     batches = [_batch(seed=i) for i in range(3)]  # updates 0, 1, 2: with and without the even-step parts
     trainer = _fit(module, batches, [_SeedEachBatch()])
@@ -150,7 +145,7 @@ def test_fast_path_equals_the_naive_reference_ordered_update() -> None:
     for step, batch in enumerate(batches):
         torch.manual_seed(1000 + step)
         # our guided backprop (equal to captum's, tests/test_saliency.py): the masks then match exactly
-        losses = reference_update(reference, batch, opts, step, attribution=guided_backprop)
+        losses = reference_update(reference.agent, batch, opts, step, attribution=guided_backprop)
     logged = trainer.callback_metrics
     for name, value in losses.items():
         torch.testing.assert_close(logged[f"train/{name}"], value.detach(), rtol=1e-6, atol=1e-7)
@@ -159,7 +154,7 @@ def test_fast_path_equals_the_naive_reference_ordered_update() -> None:
     for key in fast:
         torch.testing.assert_close(fast[key], naive[key], rtol=1e-6, atol=1e-7, msg=key)
     assert not torch.equal(
-        fast["loss.critic.q1.0.weight"], _module("sgqn").state_dict()["loss.critic.q1.0.weight"]
+        fast["agent.critic.q1.0.weight"], _module("sgqn").state_dict()["agent.critic.q1.0.weight"]
     )
 
 
@@ -188,7 +183,8 @@ def test_policy_module_batched_unbatched_deterministic_and_shared() -> None:
 
 @pytest.mark.parametrize("algorithm", ["sac", "sgqn"])
 def test_attribution_maps_has_no_optimizer_side_effects(algorithm: str) -> None:
-    module = _module(algorithm, quantile=0.95)
+    module = _module(algorithm, sgqn=SGQNConfig(quantile=0.95) if algorithm == "sgqn" else SGQNConfig())
+    module.quantile = 0.95  # the saliency maps of any algorithm use this ρ
     before = _params(module)
     obs = torch.randint(0, 256, (3, 9, SIZE, SIZE), dtype=torch.uint8)
     maps = module.attribution_maps(obs)
@@ -219,7 +215,9 @@ def test_channels_last_gives_the_same_update() -> None:
         _module("sgqn", speed={"channels_last": False}),
         _module("sgqn", speed={"channels_last": True}),
     )
-    assert not plain.critic.encoder.channels_last and fast.critic.encoder.channels_last
+    first_conv = lambda m: m.critic.encoder.convs[0].weight  # noqa: E731
+    assert first_conv(fast).is_contiguous(memory_format=torch.channels_last)
+    assert not first_conv(plain).is_contiguous(memory_format=torch.channels_last)
     _fit(plain, batches, [_SeedEachBatch()])
     _fit(fast, batches, [_SeedEachBatch()])
     a, b = plain.state_dict(), fast.state_dict()
@@ -237,25 +235,25 @@ def test_bf16_autocast_runs_and_keeps_fp32_losses() -> None:
 
 @pytest.mark.slow
 def test_compile_runs_with_manual_optimisation() -> None:
-    module = _module("sgqn", speed={"compile": True})
+    module = _module("sgqn", speed={"compile_update": True})
     before = _params(module)
     trainer = _fit(module, [_batch(seed=i) for i in range(2)])
     assert int(module.update_step) == 2 and torch.isfinite(trainer.callback_metrics["train/loss_attribution"])
     after = module.state_dict()
-    assert not torch.equal(before["loss.critic.q1.0.weight"], after["loss.critic.q1.0.weight"])
+    assert not torch.equal(before["agent.critic.q1.0.weight"], after["agent.critic.q1.0.weight"])
     assert not torch.equal(
-        before["loss.guidance.decoder.conv3.weight"], after["loss.guidance.decoder.conv3.weight"]
+        before["agent.decoder.convs.conv3.weight"], after["agent.decoder.convs.conv3.weight"]
     )
 
 
 def test_setup_loads_the_overlay_images_when_none_were_injected() -> None:
     torch.manual_seed(0)
-    module = SGQNModule(algorithm="svea", **SMALL, feature_dim=16, speed=SpeedOptions(tune_malloc=False))
-    assert module.loss.guidance.overlay.images is None
+    module = AgentModule(algorithm="svea", **SMALL, net=NET, speed=SpeedOptions(tune_malloc=False))
+    assert module.agent.overlay is not None and module.agent.overlay.images is None
     module.setup("fit")
-    images = module.loss.guidance.overlay.images
+    images = module.agent.overlay.images
     assert images is not None and images.dtype == torch.uint8 and images.shape[1:] == (3, SIZE, SIZE)
-    assert "loss.guidance.overlay.images" not in module.state_dict()  # not checkpointed: reloaded at setup
+    assert "agent.overlay.images" not in module.state_dict()  # not checkpointed: reloaded at setup
 
 
 def test_checkpoint_round_trip_restores_weights_and_the_update_counter(tmp_path: Any) -> None:
@@ -263,7 +261,7 @@ def test_checkpoint_round_trip_restores_weights_and_the_update_counter(tmp_path:
     trainer = _fit(module, [_batch(seed=i) for i in range(3)])
     path = tmp_path / "last.ckpt"
     trainer.save_checkpoint(path)
-    restored = SGQNModule.load_from_checkpoint(path, map_location="cpu")
+    restored = AgentModule.load_from_checkpoint(path, map_location="cpu")
     assert restored.hparams["algorithm"] == "sgqn" and int(restored.update_step) == 3
     for key, value in module.state_dict().items():
         assert torch.equal(value, restored.state_dict()[key]), key
@@ -272,7 +270,7 @@ def test_checkpoint_round_trip_restores_weights_and_the_update_counter(tmp_path:
 
 @pytest.mark.parametrize("algorithm", ["sgqn", "drqv2"])
 def test_actor_width_defaults_to_the_critics_and_can_differ(tmp_path: Any, algorithm: str) -> None:
-    def widths(module: SGQNModule) -> tuple[int, int]:
+    def widths(module: AgentModule) -> tuple[int, int]:
         return module.actor.trunk[0].out_features, module.critic.q1[0].out_features
 
     assert widths(_module(algorithm)) == (64, 64)  # None: `hidden_dim`, as the reference
@@ -280,7 +278,7 @@ def test_actor_width_defaults_to_the_critics_and_can_differ(tmp_path: Any, algor
     assert widths(module) == (256, 64)
     trainer = _fit(module, [_batch(seed=i) for i in range(2)])
     trainer.save_checkpoint(tmp_path / "last.ckpt")
-    assert widths(SGQNModule.load_from_checkpoint(tmp_path / "last.ckpt", map_location="cpu")) == (256, 64)
+    assert widths(AgentModule.load_from_checkpoint(tmp_path / "last.ckpt", map_location="cpu")) == (256, 64)
     # A wider actor starts closer to zero action (orthogonal init: the mean shrinks as 1/sqrt(width)).
     obs = _batch(64)["pixels"].float()
     spread = [_module(algorithm, actor_hidden_dim=w).actor(obs) for w in (16, 1024)]
@@ -288,13 +286,13 @@ def test_actor_width_defaults_to_the_critics_and_can_differ(tmp_path: Any, algor
     assert mean(spread[1]) < mean(spread[0]) / 3
 
 
-class _AtAgentSteps(SGQNModule):
+class _AtAgentSteps(AgentModule):
     """Updates run at given agent steps, as the data stream would report them."""
 
-    agent_steps: list[int]
+    at: list[int]
 
-    def _env_steps(self) -> int | None:
-        return self.agent_steps[int(self.update_step)]
+    def _agent_steps(self) -> int | None:
+        return self.at[int(self.update_step)]
 
 
 @pytest.mark.parametrize(
@@ -308,13 +306,13 @@ def test_the_burst_steps_actor_target_and_predictor_as_the_reference(
     torch.manual_seed(0)
     module = _AtAgentSteps(
         algorithm="sgqn",
-        **{**SMALL, "feature_dim": 16, "speed": SpeedOptions(tune_malloc=False), "update_schedule": schedule},
+        **{**SMALL, "net": NET, "speed": SpeedOptions(tune_malloc=False), "update_schedule": schedule},
     )
     module.set_overlay_images(torch.randint(0, 256, (6, 3, SIZE, SIZE), dtype=torch.uint8))
-    module.agent_steps = [4, 4, 4, 4, 5, 6, 7, 8]
+    module.at = [4, 4, 4, 4, 5, 6, 7, 8]
     targets: list[int] = []
-    update = module.loss.target_critic.update
-    module.loss.target_critic.update = lambda critic: (
+    update = module.agent.target_critic.update
+    module.agent.target_critic.update = lambda critic: (
         targets.append(int(module.update_step)),
         update(critic),
     )  # type: ignore[method-assign]
@@ -339,12 +337,12 @@ def test_sgqn_masks_each_stacked_frame_for_any_frame_stack(frames: int) -> None:
     # would split the channels wrongly (or fail).
     torch.manual_seed(0)
     shape = (3 * frames, SIZE, SIZE)
-    module = SGQNModule(
+    module = AgentModule(
         algorithm="sgqn",
-        **{**SMALL, "observation_shape": shape, "feature_dim": 16, "speed": SpeedOptions(tune_malloc=False)},
+        **{**SMALL, "observation_shape": shape, "net": NET, "speed": SpeedOptions(tune_malloc=False)},
     )
     obs = torch.randint(0, 256, (4, *shape), dtype=torch.uint8).float()
-    saliency = module.loss.guidance.saliency(obs, torch.rand(4, A))
+    saliency = sg.saliency(module.agent.critic, obs, torch.rand(4, A), module.agent.quantile, "keep")
     per_frame = saliency.mask.reshape(4, frames, 3, -1)
     assert torch.equal(per_frame[:, :, 0], per_frame[:, :, 2])  # one mask per frame, over its colours
     coverage = per_frame[:, :, 0].float().mean(-1)

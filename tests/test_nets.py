@@ -9,14 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sgqn.nets import (
-    Actor,
-    AttributionDecoder,
-    Critic,
-    Encoder,
-    squashed_gaussian_sample,
-    upsample_conv,
-)
+from sgqn.nets.decoder import AttributionDecoder
+from sgqn.nets.sac import Actor, Critic, Encoder, squashed_gaussian_sample
+from sgqn.training.speed import SpeedOptions, speed_up_networks
+from sgqn.training.subpixel import subpixel_upsample_conv
 
 
 def test_encoder_paper_shape_and_reference_layer_order() -> None:
@@ -102,7 +98,7 @@ def test_upsample_conv_subpixel_equals_upsample_then_conv() -> None:
     conv = nn.Conv2d(6, 5, 3, padding=1).double()
     x = torch.randn(3, 6, 7, 9, dtype=torch.float64, requires_grad=True)
     literal = conv(F.interpolate(x, scale_factor=2, mode="nearest"))
-    fast = upsample_conv(x, conv, subpixel=True)
+    fast = subpixel_upsample_conv(x, conv.weight, conv.bias)
     torch.testing.assert_close(fast, literal, atol=1e-12, rtol=0)
     g = torch.randn_like(literal)
     grads_literal = torch.autograd.grad(literal, [x, conv.weight, conv.bias], g)
@@ -117,16 +113,18 @@ def test_attribution_decoder_shape_and_subpixel_equivalence(size: int) -> None:
     decoder = AttributionDecoder(action_dim=6, feature_dim=100, obs_shape=(9, size, size))
     assert decoder.proj.out_features == 32 * (size // 4) ** 2  # 14112 at 84 px, as the reference
     z, a = torch.randn(2, 100), torch.randn(2, 6)
-    fast = decoder(z, a)
-    assert fast.shape == (2, 9, size, size)
-    decoder.subpixel = False
-    torch.testing.assert_close(fast, decoder(z, a), atol=1e-5, rtol=1e-5)
+    literal = decoder(z, a)
+    assert literal.shape == (2, 9, size, size)
+    speed_up_networks(decoder, SpeedOptions(subpixel_decoder=True, channels_last=False))
+    assert type(decoder.convs.conv2).__name__ == "SubpixelUpsampleConv"
+    torch.testing.assert_close(decoder(z, a), literal, atol=1e-5, rtol=1e-5)
 
 
 def test_attribution_decoder_widths_are_configurable() -> None:
     decoder = AttributionDecoder(2, 8, (9, 40, 40), channels=(16, 32, 8))
     assert decoder.proj.out_features == 16 * 10 * 10
-    assert [c.out_channels for c in (decoder.conv1, decoder.conv2, decoder.conv3)] == [32, 8, 9]
+    convs = decoder.convs
+    assert [c.out_channels for c in (convs.conv1, convs.conv2, convs.conv3)] == [32, 8, 9]
     assert decoder(torch.randn(3, 8), torch.randn(3, 2)).shape == (3, 9, 40, 40)
 
 

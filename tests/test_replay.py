@@ -4,15 +4,8 @@ import pytest
 import torch
 from tensordict import TensorDict
 
-from sgqn.data.replay import (
-    FRAME,
-    STEP,
-    VALID,
-    FrameReplay,
-    StackFrames,
-    bytes_per_row,
-    check_capacity_fits,
-)
+from sgqn.data.replay import FrameReplay, bytes_per_row, check_capacity_fits
+from sgqn.data.rows import FRAME, STEP, VALID, StackFrames
 
 FS, SIZE, EPISODE = 3, 8, 7
 

@@ -60,7 +60,7 @@ class Store:
         all_tags = {"algorithm": algorithm, "task": task, "seed": str(seed), **(tags or {})}
         run = self.client.create_run(self.experiment_id, start_time=self.clock, tags=all_tags)
         run_id = run.info.run_id
-        self.client.log_param(run_id, "num_env_steps", STEPS)
+        self.client.log_param(run_id, "num_agent_steps", STEPS)
         metrics = [
             Metric(f"eval/{mode}/return_mean", value * step / STEPS, self.clock + step, step)
             for step in range(0, until + 1, 1000)
@@ -82,12 +82,12 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             "algorithm": a,
             "task": t,
             "seed": s,
-            "num_env_steps": STEPS,
+            "num_agent_steps": STEPS,
             "overrides": {
                 "model.algorithm": a,
                 "data.task": t,
                 "data.seed": str(s),
-                "data.num_env_steps": "4000",
+                "data.num_agent_steps": "4000",
             },
         }
         for a in ("sac", "sgqn")
@@ -301,7 +301,12 @@ def test_mean_curve_uses_shared_steps_and_method_labels() -> None:
     assert mean_curve([Curve([0, 10], [1.0, 2.0])])[2] is None  # one seed: no band
     assert MODE_ORDER == __import__("sgqn.envs", fromlist=["MODES"]).MODES
     records = [
-        {"algorithm": "sgqn", "task": "t", "seed": s, "overrides": {"data.seed": str(s), "model.quantile": q}}
+        {
+            "algorithm": "sgqn",
+            "task": "t",
+            "seed": s,
+            "overrides": {"data.seed": str(s), "model.sgqn.quantile": q},
+        }
         for q in ("0.9", "0.95")
         for s in (0, 1)
     ] + [{"algorithm": "sac", "task": "t", "seed": 0, "overrides": {"data.seed": "0"}}]

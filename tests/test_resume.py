@@ -25,21 +25,27 @@ from mlflow import MlflowClient
 REPO = Path(__file__).resolve().parents[1]
 STEPS, INIT = 150, 40  # cartpole episodes are 125 agent steps: the run crosses an episode end
 # Timing metrics differ between runs; everything else must match.
-TIMING = ("env/fps", "train/updates_per_s", "eval/seconds", "eval/saliency_seconds", "eval/video_seconds")
+TIMING = (
+    "agent/steps_per_s",
+    "train/updates_per_s",
+    "eval/seconds",
+    "eval/saliency_seconds",
+    "eval/video_seconds",
+)
 
 
 def _fit(root: Path, *extra: str, kill_at: int | None = None) -> subprocess.CompletedProcess[str]:
     args = [sys.executable, "-m", "sgqn", "fit", "-c", str(REPO / "conf" / "tiny.yaml")]
     args += ["--trainer.logger.init_args.tracking_uri", f"sqlite:///{root}/mlflow.db"]
     args += ["--trainer.default_root_dir", str(root / "outputs"), "--trainer.deterministic", "true"]
-    args += ["--data.num_env_steps", str(STEPS), "--data.init_steps", str(INIT)]
-    args += ["--eval.every_env_steps", "50", "--eval.modes", "[train]", "--eval.video_every_evals", "0"]
-    args += ["--eval.saliency_every_evals", "2", "--progress.every_env_steps", "10"]
+    args += ["--data.num_agent_steps", str(STEPS), "--data.init_steps", str(INIT)]
+    args += ["--eval.every_agent_steps", "50", "--eval.modes", "[train]", "--eval.video_every_evals", "0"]
+    args += ["--eval.saliency_every_evals", "2", "--progress.every_agent_steps", "10"]
     args += ["--trainer.log_every_n_steps", "1", *extra]  # every update's losses into MLflow
     if kill_at is not None:
         args += [
             "--trainer.callbacks+=resume_killer.KillAt",
-            f"--trainer.callbacks.init_args.env_steps={kill_at}",
+            f"--trainer.callbacks.init_args.agent_steps={kill_at}",
         ]
     env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "tests")}
     return subprocess.run(args, cwd=root, env=env, capture_output=True, text=True, timeout=600)
@@ -85,7 +91,7 @@ def _run_metrics(root: Path) -> tuple[Any, dict[str, list[tuple[int, float]]]]:
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("straight")
-    done = _fit(root, "--checkpoint.every_env_steps", "70")
+    done = _fit(root, "--checkpoint.every_agent_steps", "70")
     assert done.returncode == 0, done.stderr[-3000:]
     # A normal run prints no dependency's warning: filtered at the entry point (`sgqn.app.quiet`) or avoided.
     assert "site-packages" not in done.stderr, done.stderr[-3000:]
@@ -106,14 +112,14 @@ def straight(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_killed_and_resumed_run_equals_the_straight_run(
     straight: Path, tmp_path: Path, every: int, kill_at: int, resume: str, speed: list[str]
 ) -> None:
-    killed = _fit(tmp_path, "--checkpoint.every_env_steps", str(every), *speed, kill_at=kill_at)
+    killed = _fit(tmp_path, "--checkpoint.every_agent_steps", str(every), *speed, kill_at=kill_at)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    resumed = _fit(tmp_path, "--checkpoint.every_env_steps", str(every), *speed, resume)
+    resumed = _fit(tmp_path, "--checkpoint.every_agent_steps", str(every), *speed, resume)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "sgqn: resuming" in resumed.stderr
 
     a, b = _last(straight), _last(tmp_path)
-    assert b["DMCDataModule"]["stats"]["env_steps"] == STEPS
+    assert b["DMCDataModule"]["stats"]["agent_steps"] == STEPS
     _assert_same(a["state_dict"], b["state_dict"], "state_dict")
     _assert_same(a["optimizer_states"], b["optimizer_states"], "optimizer_states")
     for part in ("replay", "env", "collector", "stream"):  # replay rows, env mid-episode, collector
@@ -136,12 +142,12 @@ def test_an_overlapped_run_survives_a_kill_and_continues(tmp_path: Path) -> None
     """`--data.overlap_collection`: not bit-exact (the collecting thread draws its own exploration noise),
     but a killed run resumes from its checkpoint into the same MLflow run and ends at the same step."""
     overlap = ("--data.overlap_collection", "true", "--data.policy_sync_every", "2")
-    killed = _fit(tmp_path, "--checkpoint.every_env_steps", "70", *overlap, kill_at=80)
+    killed = _fit(tmp_path, "--checkpoint.every_agent_steps", "70", *overlap, kill_at=80)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    resumed = _fit(tmp_path, "--checkpoint.every_env_steps", "70", *overlap, "--resume=auto")
+    resumed = _fit(tmp_path, "--checkpoint.every_agent_steps", "70", *overlap, "--resume=auto")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     last = _last(tmp_path)
-    assert last["DMCDataModule"]["stats"]["env_steps"] == STEPS
+    assert last["DMCDataModule"]["stats"]["agent_steps"] == STEPS
     assert last["DMCDataModule"]["stats"]["updates"] == STEPS  # the burst of INIT, then one per step
     run, metrics = _run_metrics(tmp_path)
     assert run.info.status == "FINISHED" and run.data.tags["resumes"] == "1"

@@ -14,8 +14,8 @@ from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModule
 from torch import nn
 
+from sgqn.data.datamodule import DMCDataModule
 from sgqn.data.replay import FrameReplay, bytes_per_row, check_disk_fits
-from sgqn.data.stream import DMCDataModule
 from sgqn.envs import make_env
 from sgqn.envs.state import env_state, load_env_state
 from test_replay import FS, SIZE, synthetic_stream
@@ -207,7 +207,7 @@ def _build(dm: DMCDataModule) -> Iterator[TensorDictBase]:
 def _train(
     dm: DMCDataModule, batches: Iterator[TensorDictBase], checkpoint_after: int | None = None
 ) -> tuple[list[TensorDictBase], dict | None]:
-    """SGQNModule's loop: each training step pulls its batch from the stream and draws from the global
+    """AgentModule's loop: each training step pulls its batch from the stream and draws from the global
     RNG (e.g. augmentation), and a checkpoint (data module state + global RNG) can follow any step."""
     trained: list[TensorDictBase] = []
     for batch in batches:
@@ -251,14 +251,14 @@ def test_resumed_stream_continues_exactly(
         init_steps=init_steps, replay_storage=storage, replay_capacity=capacity, replay_spare_rows=spare
     )
     torch.manual_seed(0)
-    dm_a = DMCDataModule(num_env_steps=60, replay_dir=str(tmp_path / "a"), **settings)
+    dm_a = DMCDataModule(num_agent_steps=60, replay_dir=str(tmp_path / "a"), **settings)
     trained_a, _ = _train(dm_a, _build(dm_a))
 
     torch.manual_seed(0)
-    dm_b = DMCDataModule(num_env_steps=stop_at or 60, replay_dir=str(tmp_path / "b"), **settings)
+    dm_b = DMCDataModule(num_agent_steps=stop_at or 60, replay_dir=str(tmp_path / "b"), **settings)
     batches_b = _build(dm_b)
     trained_b, checkpoint = _train(dm_b, batches_b, checkpoint_after)
-    if checkpoint is None:  # stopped by num_env_steps
+    if checkpoint is None:  # stopped by num_agent_steps
         checkpoint = {"data": dm_b.state_dict(), "rng": torch.get_rng_state()}
     else:
         for _ in range(5):  # the run goes on (writing replay rows) and is killed before its next checkpoint
@@ -267,12 +267,12 @@ def test_resumed_stream_continues_exactly(
     if storage == "disk":
         assert len(_serialized(saved["data"])) < 60_000  # no replay rows: they are in the files
 
-    dm_c = DMCDataModule(num_env_steps=60, replay_dir=str(tmp_path / "elsewhere"), **settings)
+    dm_c = DMCDataModule(num_agent_steps=60, replay_dir=str(tmp_path / "elsewhere"), **settings)
     dm_c.load_state_dict(saved["data"])  # before `build`, as Lightning restores a checkpoint
     torch.set_rng_state(saved["rng"])
     trained_c, _ = _train(dm_c, _build(dm_c))
 
-    assert dm_c.stats.env_steps == dm_a.stats.env_steps == 60
+    assert dm_c.stats.agent_steps == dm_a.stats.agent_steps == 60
     assert dm_c.stats.updates == dm_a.stats.updates == len(trained_a)
     assert dm_c.stats.episodes == dm_a.stats.episodes == 1
     assert len(trained_b) + len(trained_c) == len(trained_a)
@@ -302,7 +302,7 @@ class RecordingModule(L.LightningModule):
         return TensorDictModule(self.actor, in_keys=["pixels"], out_keys=["action"])
 
     def training_step(self, dataloader_iter: Iterator[tuple[TensorDictBase | None, int, int]]) -> None:
-        batch, _, _ = next(dataloader_iter)  # pulled here, as SGQNModule does: no batch read ahead
+        batch, _, _ = next(dataloader_iter)  # pulled here, as AgentModule does: no batch read ahead
         if batch is None:  # a warm-up step without an update
             return
         self.trained.append(batch.clone())
@@ -333,7 +333,7 @@ def _fit(
     root: Path, callbacks: list[Callback], ckpt_path: Path | None = None
 ) -> tuple[DMCDataModule, RecordingModule]:
     torch.manual_seed(0)
-    dm = DMCDataModule(num_env_steps=60, init_steps=10, replay_storage="disk", **STREAM)
+    dm = DMCDataModule(num_agent_steps=60, init_steps=10, replay_storage="disk", **STREAM)
     module = RecordingModule(dm.observation_shape[0], dm.action_dim)
     trainer = L.Trainer(
         default_root_dir=root,

@@ -6,17 +6,25 @@ import pytest
 import torch
 from torch import nn
 
-from sgqn.nets import Actor, Critic, Encoder
-from sgqn.objectives.reference import captum_guided_backprop
-from sgqn.saliency import (
-    GuidedRule,
+from reference_update import captum_guided_backprop
+from sgqn.algorithms.saliency import (
     attribution_mask,
     full_mask_fraction,
     guided_backprop,
-    guided_grad,
     masked_observation,
     quantile_threshold,
 )
+from sgqn.nets.guided_relu import GuidedRule
+from sgqn.nets.sac import Actor, Critic, Encoder
+
+
+def guided_grad(
+    q1: torch.Tensor, obs: torch.Tensor, rule: GuidedRule, retain_graph: bool = False
+) -> torch.Tensor:
+    """∂ q1.sum() / ∂ obs by the guided rule, for a forward recorded under `rule`."""
+    with rule.guiding():
+        (grad,) = torch.autograd.grad(q1.sum(), obs, retain_graph=retain_graph)
+    return grad
 
 
 def _critic(seed: int = 0) -> Critic:

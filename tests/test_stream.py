@@ -4,7 +4,8 @@ import torch
 from tensordict.nn import TensorDictModule
 from torch import nn
 
-from sgqn.data.stream import DMCDataModule, updates_due
+from sgqn.data.datamodule import DMCDataModule
+from sgqn.data.stream import updates_due
 
 
 class ConstantPolicy(nn.Module):
@@ -25,7 +26,7 @@ def test_update_schedule() -> None:
 
 def test_stream_collects_updates_and_follows_live_weights() -> None:
     dm = DMCDataModule(
-        task="cartpole_swingup", image_size=24, num_env_steps=160, init_steps=40, batch_size=4, seed=1
+        task="cartpole_swingup", image_size=24, num_agent_steps=160, init_steps=40, batch_size=4, seed=1
     )
     assert dm.observation_shape == (9, 24, 24) and dm.action_dim == 1
     policy = ConstantPolicy(dm.action_dim)
@@ -39,7 +40,7 @@ def test_stream_collects_updates_and_follows_live_weights() -> None:
         assert batch["pixels"].shape == (4, 9, 24, 24) and batch["pixels"].dtype == torch.uint8
         if batches == 60:
             policy.bias.data.fill_(0.5)  # the collector must act with the new weights from now on
-    assert dm.stats.env_steps == 160 and dm.stats.updates == batches == 40 + 120
+    assert dm.stats.agent_steps == 160 and dm.stats.updates == batches == 40 + 120
     assert ticks == 39  # warm-up steps 1…39; step 40 brings the burst of 40 updates
     assert dm.stats.episodes == 1  # cartpole: 125 agent steps per episode at action repeat 8
     storage = dm.replay.buffer.storage._storage
@@ -56,7 +57,7 @@ def test_overlapped_collection_acts_with_a_snapshot_synced_every_k_updates() -> 
     dm = DMCDataModule(
         task="cartpole_swingup",
         image_size=24,
-        num_env_steps=160,
+        num_agent_steps=160,
         init_steps=40,
         batch_size=4,
         seed=1,
@@ -83,7 +84,7 @@ def test_overlapped_collection_acts_with_a_snapshot_synced_every_k_updates() -> 
             resumed_state = dm.state_dict()
             assert stream._thread is None
             assert len(stream.prefetched) <= 2  # the step in the queue and the one in flight
-    assert dm.stats.env_steps == 160 and dm.stats.updates == batches == 40 + 120
+    assert dm.stats.agent_steps == 160 and dm.stats.updates == batches == 40 + 120
     assert syncs == list(range(0, 160, 5))  # every 5th update, before it runs
     assert resumed_state is not None and "prefetched" in resumed_state["stream"]
     storage = dm.replay.buffer.storage._storage  # type: ignore[union-attr]
@@ -104,7 +105,7 @@ def test_an_overlapped_stream_resumes_with_its_prefetched_steps() -> None:
         return DMCDataModule(
             task="cartpole_balance",
             image_size=24,
-            num_env_steps=60,
+            num_agent_steps=60,
             init_steps=20,
             batch_size=4,
             seed=2,
@@ -116,7 +117,7 @@ def test_an_overlapped_stream_resumes_with_its_prefetched_steps() -> None:
         TensorDictModule(ConstantPolicy(dm.action_dim), in_keys=["pixels"], out_keys=["action"])
     )
     for batch in stream:
-        if batch is not None and dm.stats.env_steps == 30:
+        if batch is not None and dm.stats.agent_steps == 30:
             state = dm.state_dict()
             break
     prefetched = len(state["stream"]["prefetched"])
@@ -128,4 +129,4 @@ def test_an_overlapped_stream_resumes_with_its_prefetched_steps() -> None:
     )
     assert len(resumed.prefetched) == prefetched
     updates = sum(batch is not None for batch in resumed)
-    assert again.stats.env_steps == 60 and updates == 30 + state["stream"]["pending"]
+    assert again.stats.agent_steps == 60 and updates == 30 + state["stream"]["pending"]

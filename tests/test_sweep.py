@@ -31,14 +31,14 @@ def sweep_file(folder: Path, **extra: object) -> Path:
         "  task: [cartpole_balance]",
         "  seed: [0, 1]",
         "overrides:",
-        "  data.num_env_steps: 120",
+        "  data.num_agent_steps: 120",
         "  data.init_steps: 20",
-        "  eval.every_env_steps: 60",
+        "  eval.every_agent_steps: 60",
         "  eval.modes: [train]",
         "  eval.saliency_every_evals: 0",
         "  eval.video_every_evals: 0",
-        "  checkpoint.every_env_steps: 60",
-        "  progress.every_env_steps: 20",
+        "  checkpoint.every_agent_steps: 60",
+        "  progress.every_agent_steps: 20",
         "resources: {cpu: 1}",
         "max_failures: 2",
         *(f"{k}: {v}" for k, v in extra.items()),
@@ -63,9 +63,9 @@ def test_grid_expands_to_named_trials_with_plain_fit_commands(tmp_path: Path) ->
     assert pairs["--model.algorithm"] == "sgqn" and pairs["--data.seed"] == "1"
     assert pairs["--eval.modes"] == '["train"]' and pairs["--data.batch_size"] == "8"  # command line wins
     assert argv[-4:] == ["--trainer.default_root_dir", "/out/x", "--resume", "auto"]
-    assert trials[0].record()["num_env_steps"] == 120
+    assert trials[0].record()["num_agent_steps"] == 120
     # any option can be swept; its value names the trial
-    spec.grid["model.quantile"] = [0.9, 0.95]
+    spec.grid["model.sgqn.quantile"] = [0.9, 0.95]
     assert spec.trials()[1].name == "sac-cartpole_balance-s0-quantile0.95"
     assert spec.fingerprint() != load_sweep(sweep_file(tmp_path)).fingerprint()
 
@@ -80,11 +80,13 @@ def test_config_templates_and_bad_sweep_files(tmp_path: Path) -> None:
     assert trials[2].configs == (str(tmp_path / "sgqn_cartpole_balance.yaml"),)
     # per-algorithm options, and no base config at all (the code's defaults are the paper's settings)
     path.write_text(
-        text.replace(f"config: {TINY}", "algorithm_overrides: {sgqn: {model.decoder_channels: [4, 8, 4]}}")
+        text.replace(
+            f"config: {TINY}", "algorithm_overrides: {sgqn: {model.sgqn.decoder_channels: [4, 8, 4]}}"
+        )
     )
     trials = load_sweep(path).trials()
-    assert trials[0].configs == () and "model.decoder_channels" not in dict(trials[0].options)
-    assert dict(trials[2].options)["model.decoder_channels"] == "[4, 8, 4]"
+    assert trials[0].configs == () and "model.sgqn.decoder_channels" not in dict(trials[0].options)
+    assert dict(trials[2].options)["model.sgqn.decoder_channels"] == "[4, 8, 4]"
     for bad, message in [
         (text + "gird: {}\n", "unknown key"),
         (text.replace("  data.init_steps: 20", "  seed: 3"), "both swept"),
@@ -153,7 +155,7 @@ def test_tiny_sweep_end_to_end_with_a_killed_worker(tmp_path: Path) -> None:
     marker = tmp_path / "killed"
     killer = [
         "--trainer.callbacks+=sweep_killer.KillWorkerOnce",
-        "--trainer.callbacks.init_args.env_steps=90",
+        "--trainer.callbacks.init_args.agent_steps=90",
         f"--trainer.callbacks.init_args.marker={marker}",
     ]
     done = _sweep(tmp_path, *killer)

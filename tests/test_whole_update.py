@@ -12,12 +12,16 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from sgqn.module import SGQNModule
-from sgqn.whole_update import WholeUpdates
+from sgqn.algorithms.agent import Due, Optimizers, adam_optimizers
+from sgqn.algorithms.drqv2 import DrQv2Config
+from sgqn.algorithms.sac import SACConfig
+from sgqn.algorithms.saliency_guidance import SGQNConfig
+from sgqn.training.module import AgentModule
+from sgqn.training.whole_update import WholeUpdates
 from test_module import _batch, _fit, _module, _params, _SeedEachBatch
 
 
-def _fitted(module: SGQNModule, updates: int = 5) -> tuple[SGQNModule, int, dict[str, float]]:
+def _fitted(module: AgentModule, updates: int = 5) -> tuple[AgentModule, int, dict[str, float]]:
     trainer = _fit(module, [_batch(seed=i) for i in range(updates)], callbacks=[_SeedEachBatch()])
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     return module, trainer.global_step, metrics
@@ -32,11 +36,13 @@ def _fitted(module: SGQNModule, updates: int = 5) -> tuple[SGQNModule, int, dict
 def test_the_whole_update_is_the_eager_update_and_counts_the_same_steps(
     algorithm: str, patterns: int
 ) -> None:
-    hp = dict(actor_update_freq=2, critic_target_update_freq=3, stddev_steps=4)
+    hp = dict(
+        sac=SACConfig(actor_update_freq=2, critic_target_update_freq=3), drqv2=DrQv2Config(stddev_steps=4)
+    )
     eager, eager_steps, eager_metrics = _fitted(_module(algorithm, **hp))
     whole, whole_steps, whole_metrics = _fitted(_module(algorithm, speed={"graph_update": True}, **hp))
-    assert whole._whole_updates is not None
-    assert len(whole._whole_updates.patterns) == patterns
+    assert isinstance(whole._update, WholeUpdates)
+    assert len(whole._update.patterns) == patterns
     expected = _params(eager)
     for name, value in _params(whole).items():
         assert torch.equal(value, expected[name]), name
@@ -45,21 +51,27 @@ def test_the_whole_update_is_the_eager_update_and_counts_the_same_steps(
     assert whole_metrics == eager_metrics
 
 
+def _stepped(updates: WholeUpdates, batch: object, due: Due) -> tuple[dict, dict, list[str]]:
+    """One update: its metrics, the losses it stepped and the optimizers it stepped, in order."""
+    opt = Optimizers(updates.optimizers)
+    metrics = updates(batch, opt, due)  # type: ignore[arg-type]
+    return metrics, dict(opt.stepped), list(dict.fromkeys(opt.optimizer_of.values()))
+
+
 def test_a_pattern_is_recorded_once_and_names_the_optimizers_it_steps() -> None:
-    module = _module("sgqn", actor_update_freq=2, critic_target_update_freq=2, aux_update_freq=2)
-    plain = module.configure_optimizers()  # names them
-    optimizers = dict(zip(module._optimizer_names, plain, strict=True))
-    updates = WholeUpdates(module.loss, optimizers)
+    sac = SACConfig(actor_update_freq=2, critic_target_update_freq=2)
+    module = _module("sgqn", sac=sac, sgqn=SGQNConfig(aux_update_freq=2))
+    updates = WholeUpdates(module.agent, adam_optimizers(module.agent))
     recorded = 0
     original = updates._record
 
-    def record(due_at: int):  # type: ignore[no-untyped-def]
+    def record(due: Due):  # type: ignore[no-untyped-def]
         nonlocal recorded
         recorded += 1
-        return original(due_at)
+        return original(due)
 
     updates._record = record  # type: ignore[method-assign]
-    stepped = [updates(_batch(seed=i), i)[2] for i in range(4)]
+    stepped = [_stepped(updates, _batch(seed=i), module.agent.due(i))[2] for i in range(4)]
     assert recorded == 2
     assert stepped[0] == stepped[2] == ["critic", "actor", "alpha", "aux"]
     assert stepped[1] == stepped[3] == ["critic"]
@@ -74,11 +86,9 @@ def test_wrapped_for_cuda_graphs_the_update_is_unchanged_where_none_can_be_captu
     update = [0]  # the update index a capture happens at
     for cuda_graphs in (False, True):
         module = _module("sgqn")
-        plain = module.configure_optimizers()
-        optimizers = dict(zip(module._optimizer_names, plain, strict=True))
         updates = WholeUpdates(
-            module.loss,
-            optimizers,
+            module.agent,
+            adam_optimizers(module.agent),
             cuda_graphs=cuda_graphs,
             before_capture=lambda: captures.append(update[0]),
         )
@@ -86,7 +96,7 @@ def test_wrapped_for_cuda_graphs_the_update_is_unchanged_where_none_can_be_captu
         outputs = []
         for i in range(6):
             update[0] = i
-            outputs.append(updates(_batch(seed=i), i))
+            outputs.append(_stepped(updates, _batch(seed=i), module.agent.due(i)))
         results.append((outputs, _params(module)))
     # Each of the two patterns is captured at its second call (updates 2 and 3), once; other threads
     # are stopped right before.
@@ -141,7 +151,11 @@ def test_graph_update_refuses_a_mixed_precision_trainer() -> None:
 def test_the_compiled_whole_update_equals_the_eager_update(algorithm: str) -> None:
     # DrQ-v2's σ changes at every update (schedule over 3 steps): a compiled pattern that had baked in
     # the σ of its first call would drift from eager.
-    hp = dict(actor_update_freq=2, critic_target_update_freq=2, aux_update_freq=2, stddev_steps=3)
+    hp = dict(
+        sac=SACConfig(actor_update_freq=2, critic_target_update_freq=2),
+        sgqn=SGQNConfig(aux_update_freq=2),
+        drqv2=DrQv2Config(stddev_steps=3),
+    )
     eager, _, eager_metrics = _fitted(_module(algorithm, **hp), updates=4)
     graphs = counters["stats"]["unique_graphs"]
     speed = {"graph_update": True, "compile_update": True}

@@ -13,7 +13,7 @@ Batch keys (TorchRL conventions): "pixels" uint8 `[B, C, H, W]`, "action" `[B, A
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -46,7 +46,7 @@ class Due:
 class OptimizerSpec:
     """One Adam of an agent: what it trains and its settings (β2 is Adam's 0.999)."""
 
-    params: list[Tensor]
+    params: Sequence[Tensor]
     lr: float
     beta: float
     setting: str  # the setting that holds `lr` (e.g. "sac.critic_lr"), named when its loss diverges

@@ -40,7 +40,7 @@ class DrQv2SGQN(DrQv2):
         if sgqn.quantile is None:
             raise ValueError("SGQN needs a quantile ρ (None is resolved from the task by make_agent)")
         self.sgqn, self.quantile = sgqn, float(sgqn.quantile)
-        features = self.critic.projection[0].out_features
+        features = self.critic.feature_dim
         self.decoder = AttributionDecoder(action_dim, features, observation_shape, sgqn.decoder_channels)
         self.overlay = Overlay(None, sgqn.overlay_alpha)
 

@@ -137,7 +137,11 @@ class SAC(Agent):
         """The actor's step, then α's on the same sampled actions."""
         loss_actor, log_prob = self.actor_loss(features)
         opt.step("actor", loss_actor=loss_actor)
-        metrics = {"loss_actor": loss_actor.detach(), "entropy": -log_prob.mean(), "alpha": self.alpha.detach()}
+        metrics = {
+            "loss_actor": loss_actor.detach(),
+            "entropy": -log_prob.mean(),
+            "alpha": self.alpha.detach(),
+        }
         loss_alpha = self.alpha_loss(log_prob)
         opt.step("alpha", loss_alpha=loss_alpha)
         return metrics | {"loss_alpha": loss_alpha.detach()}

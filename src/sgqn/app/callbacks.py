@@ -84,7 +84,7 @@ class TrainingProgress(Callback):
         stats = trainer.datamodule.stats  # type: ignore[attr-defined]
         status: dict[str, Any] = {
             "agent_steps": stats.agent_steps,
-            "total_steps": trainer.datamodule.hparams.num_agent_steps,  # type: ignore[attr-defined]
+            "total_steps": trainer.datamodule.schedule.num_agent_steps,  # type: ignore[attr-defined]
             "updates": stats.updates,
         }
         if not math.isnan(stats.last_episode_return):

@@ -103,7 +103,7 @@ class EvaluationCallback(Callback):
     def _env(self, trainer: Trainer, mode: str) -> EnvBase:
         if mode not in self._envs:
             dm = trainer.datamodule  # type: ignore[attr-defined]
-            env = dm.make_env(mode=mode, seed=dm.hparams.seed + EVAL_SEED_OFFSET)
+            env = dm.make_env(mode=mode, seed=dm.env_settings.seed + EVAL_SEED_OFFSET)
             if mode in self._resumed_envs:  # continue its initial-state sequence where the run stopped
                 load_env_state(env, self._resumed_envs.pop(mode))
             self._envs[mode] = env
@@ -116,7 +116,7 @@ class EvaluationCallback(Callback):
         start = time.perf_counter()
         dm = trainer.datamodule  # type: ignore[attr-defined]
         # Seeded per evaluation (`evaluate`); this seed only builds them.
-        self._batched = start_workers(dm, self.modes, self.workers, dm.hparams.seed + EVAL_SEED_OFFSET)
+        self._batched = start_workers(dm, self.modes, self.workers, dm.env_settings.seed + EVAL_SEED_OFFSET)
         return self._batched, time.perf_counter() - start
 
     def close(self) -> None:
@@ -155,7 +155,7 @@ class EvaluationCallback(Callback):
                 metrics["eval/workers_startup_seconds"] = startup
         start = time.perf_counter()
         if self.workers:  # evaluation `count`'s episodes, whatever ran before (a resume included)
-            seed = trainer.datamodule.hparams.seed + EVAL_SEED_OFFSET + count * 1000  # type: ignore[attr-defined]
+            seed = trainer.datamodule.env_settings.seed + EVAL_SEED_OFFSET + count * 1000  # type: ignore[attr-defined]
             episodes, rollouts = run_mode_episodes(batched, policy, self.modes, self.episodes, seed)
         else:
             for mode in self.modes:
@@ -175,7 +175,7 @@ class EvaluationCallback(Callback):
                 pl_module,
                 {mode: self._env(trainer, mode) for mode in self.modes},
                 policy,
-                frame_stack=trainer.datamodule.hparams.frame_stack,  # type: ignore[attr-defined]
+                frame_stack=trainer.datamodule.env_settings.frame_stack,  # type: ignore[attr-defined]
                 num_states=self.saliency_states,
                 grid_states=self.grid_states,
             )

@@ -34,14 +34,14 @@ def evaluate_checkpoint(
 ) -> dict[str, list[float]]:
     """Returns per mode for the policy stored in one checkpoint, with the env settings it trained on;
     `workers` > 0: in that many env processes per mode, all modes at once (`sgqn.evaluation`)."""
-    from sgqn.data.stream import DMCDataModule
+    from sgqn.data.datamodule import DMCDataModule
     from sgqn.training.module import AgentModule
 
     module = AgentModule.load_from_checkpoint(path, map_location="cpu")
     module.eval()
     datamodule = DMCDataModule.from_checkpoint(path)
     policy = module.policy_module(deterministic=True)
-    seed = datamodule.hparams.seed + seed_offset  # type: ignore[attr-defined]
+    seed = datamodule.env_settings.seed + seed_offset
     if not workers:
         return {m: episode_returns(datamodule.make_env(mode=m, seed=seed), policy, episodes) for m in modes}
     env = start_workers(datamodule, modes, workers, seed)

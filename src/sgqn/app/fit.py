@@ -20,7 +20,7 @@ from lightning.pytorch import Trainer  # noqa: E402
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI  # noqa: E402
 from lightning.pytorch.loggers import MLFlowLogger  # noqa: E402
 
-from sgqn.app.arguments import SGQNArgumentParser  # noqa: E402
+from sgqn.app.arguments import SGQNArgumentParser, TrainerHelpAction  # noqa: E402
 from sgqn.app.callbacks import EnvStepCheckpoint, TrainingProgress  # noqa: E402
 from sgqn.app.checkpointing import (  # noqa: E402
     GlobalRngState,
@@ -46,7 +46,7 @@ from sgqn.app.validation import (  # noqa: E402
     resolved_data_params,
     validate_fit_config,
 )
-from sgqn.data.stream import DMCDataModule  # noqa: E402
+from sgqn.data.datamodule import DMCDataModule  # noqa: E402
 from sgqn.training.module import AgentModule  # noqa: E402
 
 
@@ -88,11 +88,12 @@ class SGQNCLI(LightningCLI):
         check_free_disk(folder, saves * checkpoint_bytes(parameters, trainable), option)
         mark_dead_runs_of(self.trainer)  # earlier runs of this output folder whose process died
 
-        hp: Any = self.datamodule.hparams
-        algorithm = self.model.hparams["algorithm"]
-        name = run_name(algorithm, hp.task, f"s{hp.seed}", when=self.started_at)
-        tags = run_tags(algorithm, hp.task, hp.seed)
-        resolved = resolved_data_params(dict(hp) | {"overlay_root": self.model.hparams["overlay_root"]})
+        env, algorithm = self.datamodule.env_settings, self.model.config.algorithm
+        name = run_name(algorithm, env.task, f"s{env.seed}", when=self.started_at)
+        tags = run_tags(algorithm, env.task, env.seed)
+        resolved = resolved_data_params(
+            dict(self.datamodule.hparams) | {"overlay_root": self.model.overlay_root}
+        )
         if algorithm in ("sgqn", "drqv2_sgqn"):
             resolved["quantile"] = self.model.quantile  # the task's rho when the config says null
         for logger in self.trainer.loggers:
@@ -113,6 +114,10 @@ class SGQNCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # `sgqn fit --help` lists the package's options; Lightning's trainer options are behind this flag.
+        parser.add_argument(
+            "--help-trainer", action=TrainerHelpAction, help="show Lightning's Trainer options and exit"
+        )
         # The networks' shapes come from the env the data module builds.
         parser.link_arguments("data.observation_shape", "model.observation_shape", apply_on="instantiate")
         parser.link_arguments("data.action_dim", "model.action_dim", apply_on="instantiate")
@@ -182,7 +187,7 @@ def cli_main(args: Sequence[str] | None = None, cli_class: type[SGQNCLI] = SGQNC
         AgentModule,
         DMCDataModule,
         save_config_callback=MLflowSaveConfig,
-        parser_kwargs={"parser_mode": "omegaconf", "default_env": False},
+        parser_kwargs={"prog": "sgqn", "parser_mode": "omegaconf", "default_env": False},
         parser_class=SGQNArgumentParser,
         # The module optimises manually with several optimizers: Lightning's `--optimizer` /
         # `--lr_scheduler` flags would replace them with one and crash.

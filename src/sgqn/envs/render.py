@@ -87,7 +87,7 @@ class RenderQuality:
     `fast` turns multisampling off, shrinks the shadow map and tessellates spheres/capsules more coarsely
     (the renderer draws the scene twice, for the shadow map and the image, so triangle count dominates
     on a CPU rasteriser): about 3-4× more frames/s at 84×84 for a mean absolute pixel difference of about
-    one grey level (see README, "Performance").
+    one grey level (docs/performance.md).
     """
 
     offsamples: int | None = None

@@ -9,7 +9,7 @@ a freshly built env of the same settings (any seed) continues bit-identically. A
 or plain Python values, so a checkpoint holding them loads with `torch.load(weights_only=True)`.
 
 Not in the env, so not here: the current observation and a `StepCounter`'s count live in the tensordict
-the caller steps with (a collector's carrier, see `sgqn.data.stream.collector_state`). TorchRL's env keeps
+the caller steps with (a collector's carrier, see `sgqn.data.collector_state`). TorchRL's env keeps
 no RNG: random actions (`rand_action`) come from torch's global generator, which is the trainer's to save.
 """
 

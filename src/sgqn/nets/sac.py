@@ -154,7 +154,7 @@ class Critic(nn.Module):
         self, encoder: Encoder, action_dim: int, feature_dim: int = 100, hidden_dim: int = 1024
     ) -> None:
         super().__init__()
-        self.encoder, self.action_dim = encoder, action_dim
+        self.encoder, self.action_dim, self.feature_dim = encoder, action_dim, feature_dim
         self.projection = Projection(encoder.out_dim, feature_dim)
         self.q1 = mlp(feature_dim + action_dim, hidden_dim, 1)
         self.q2 = mlp(feature_dim + action_dim, hidden_dim, 1)

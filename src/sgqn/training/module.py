@@ -223,9 +223,8 @@ class AgentModule(L.LightningModule):
             return
         # One asynchronous copy per field (the replay pins its batches when the module is on a GPU).
         batch = devices.to_device(batch, self.device)
-        index, agent_step = self._next_update_index(), self._agent_steps()
-        counted = self.update_schedule == "counted" or agent_step is None
-        due = self.agent.due(index if counted else agent_step)
+        agent_step, index = self._agent_steps(), self._next_update_index()
+        due = self.agent.due(index if self.update_schedule == "counted" or agent_step is None else agent_step)
         opt = self._optimizers
         assert opt is not None, "on_train_start builds the optimizers"
         opt.stepped.clear()

@@ -13,7 +13,6 @@ measured faster somewhere or awaits a GPU figure (docs/performance.md).
 from __future__ import annotations
 
 import ctypes
-import functools
 import platform
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ import torch
 from tensordict import TensorDictBase
 from torch import nn
 
-from sgqn.algorithms.agent import Agent, Due, Metrics, Step
+from sgqn.algorithms.agent import Agent, Due, Metrics
 from sgqn.nets.decoder import AttributionDecoder, UpsampleConv
 from sgqn.nets.drqv2 import DrQv2Encoder
 from sgqn.nets.sac import Encoder
@@ -32,7 +31,7 @@ from sgqn.training.subpixel import SubpixelUpsampleConv
 from sgqn.training.whole_update import WholeUpdates
 
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # torch.compile's modes that capture CUDA graphs
-Update = Callable[[TensorDictBase, Step, Due], Metrics]
+Update = Callable[[TensorDictBase, Any, Due], Metrics]
 
 
 @dataclass(frozen=True)
@@ -79,8 +78,9 @@ def check_options(options: SpeedOptions, on_nonfinite: str) -> None:
         raise ValueError('speed.graph_update needs on_nonfinite="stop": "skip" stops an update midway')
     if options.compile_update and options.compile_mode in CUDA_GRAPH_MODES:
         raise ValueError(
-            f"speed.compile_update: compile_mode {options.compile_mode!r} captures CUDA graphs, which "
-            "speed.graph_update does for the whole update (use None or max-autotune-no-cudagraphs)"
+            f"speed.compile_update: compile_mode {options.compile_mode!r} captures CUDA graphs itself; the "
+            "whole update's graphs are speed.graph_update's (with both, they would be captured twice): use "
+            "None or max-autotune-no-cudagraphs"
         )
 
 
@@ -102,15 +102,17 @@ class Bf16Autocast(nn.Module):
             return super().forward(x).float()  # type: ignore[misc]
 
 
-@functools.cache
-def _with(mixin: type, base: type) -> type:
-    cls = type(f"{mixin.__name__}{base.__name__}", (mixin, base), {"__module__": __name__})
-    globals()[cls.__name__] = cls  # where pickle looks it up
-    return cls
+_MIXED: dict[tuple[type, type], type] = {}
 
 
 def _mix(module: nn.Module, mixin: type) -> None:
-    module.__class__ = _with(mixin, type(module))
+    """`module` becomes an instance of a subclass of its class with `mixin`'s forward first (a class, not a
+    patched instance: a deep copy, e.g. a policy snapshot, then computes with its own weights)."""
+    base = type(module)
+    if (mixin, base) not in _MIXED:
+        cls = type(f"{mixin.__name__}{base.__name__}", (mixin, base), {"__module__": __name__})
+        globals()[cls.__name__] = _MIXED[mixin, base] = cls  # where pickle looks it up
+    module.__class__ = _MIXED[mixin, base]
 
 
 def speed_up_networks(agent: nn.Module, options: SpeedOptions) -> None:

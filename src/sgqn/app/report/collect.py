@@ -207,7 +207,7 @@ def pick_run(client: MlflowClient, trial: Trial, runs: Sequence[Run]) -> Trial:
 def method_labels(records: Sequence[Mapping[str, Any]]) -> list[str]:
     """Each expected trial's method: its algorithm, plus ``key=value`` for each option that tells apart
     trials of one algorithm on one task besides the seed (e.g. ``sgqn quantile=0.9`` when the grid
-    sweeps ``model.quantile``), so that different configurations are never averaged together."""
+    sweeps ``model.sgqn.quantile``), so that different configurations are never averaged together."""
 
     def options(record: Mapping[str, Any]) -> dict[str, str]:
         overrides = record.get("overrides") or {}

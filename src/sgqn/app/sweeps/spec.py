@@ -14,7 +14,7 @@ trials::
     overrides:                           # any `sgqn fit` option, for every trial
       data.num_agent_steps: 6000
     algorithm_overrides:                 # options for one algorithm's trials only (settings that
-      sgqn: {model.decoder_channels: [16, 32, 16]}   # another algorithm would reject)
+      sgqn: {model.sgqn.decoder_channels: [16, 32, 16]}   # another algorithm would reject)
     resources: {cpu: 2, gpu: 0}          # per trial; gpu may be a fraction (0.25: four trials per GPU)
     max_failures: 3                      # retries of a dead trial, each resuming from its checkpoint
 
