@@ -23,6 +23,7 @@ from sgqn.algorithms import ALGORITHMS
 from sgqn.algorithms.agent import Optimizers, adam_optimizers
 from sgqn.data.datamodule import DMCDataModule
 from sgqn.data.replay import FrameReplay
+from sgqn.evaluation.attribution import saliency_maps
 from sgqn.evaluation.viz import saliency_grid
 from sgqn.training import devices
 from sgqn.training.module import AgentModule
@@ -120,7 +121,7 @@ def test_the_policy_moves_env_pixels_to_the_weights_and_actions_back(
 def test_saliency_maps_from_device_weights_come_back_to_the_host(fake_host: None) -> None:
     module = _on_meta("sgqn")
     obs = torch.randint(0, 256, (2, 9, SIZE, SIZE), dtype=torch.uint8)
-    maps = module.attribution_maps(obs)
+    maps = saliency_maps(module, obs)
     assert all(v is not None and v.device == devices.HOST for v in maps.values())
     grid = saliency_grid(
         obs.float(), maps["attribution"], maps["mask"], maps["masked_obs"], maps["predicted_prob"]

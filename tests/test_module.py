@@ -16,6 +16,7 @@ from reference_update import reference_update
 from sgqn.algorithms import saliency_guidance as sg
 from sgqn.algorithms.saliency import guided_backprop
 from sgqn.algorithms.saliency_guidance import SGQNConfig
+from sgqn.evaluation.attribution import saliency_maps
 from sgqn.nets.config import NetConfig
 from sgqn.training.module import AgentModule
 from sgqn.training.speed import SpeedOptions
@@ -187,7 +188,7 @@ def test_attribution_maps_has_no_optimizer_side_effects(algorithm: str) -> None:
     module.quantile = 0.95  # the saliency maps of any algorithm use this ρ
     before = _params(module)
     obs = torch.randint(0, 256, (3, 9, SIZE, SIZE), dtype=torch.uint8)
-    maps = module.attribution_maps(obs)
+    maps = saliency_maps(module, obs)
     assert maps["attribution"].shape == maps["mask"].shape == maps["masked_obs"].shape == (3, 9, SIZE, SIZE)
     assert maps["mask"].dtype == torch.bool
     coverage = maps["mask"].float().mean().item()
@@ -205,7 +206,7 @@ def test_attribution_maps_has_no_optimizer_side_effects(algorithm: str) -> None:
     assert all(p.grad is None for p in module.parameters())
     after = module.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
-    single = module.attribution_maps(obs[0], action=torch.zeros(A))
+    single = saliency_maps(module, obs[0], action=torch.zeros(A))
     assert single["mask"].shape == (9, SIZE, SIZE)
 
 
@@ -347,5 +348,5 @@ def test_sgqn_masks_each_stacked_frame_for_any_frame_stack(frames: int) -> None:
     assert torch.equal(per_frame[:, :, 0], per_frame[:, :, 2])  # one mask per frame, over its colours
     coverage = per_frame[:, :, 0].float().mean(-1)
     assert ((coverage >= 0.05) & (coverage < 0.5)).all(), coverage  # ~1 - rho of EACH frame is kept
-    maps = module.attribution_maps(obs[:2].to(torch.uint8))
+    maps = saliency_maps(module, obs[:2].to(torch.uint8))
     assert maps["mask"].shape == (2, *shape) and maps["predicted_mask"].shape == (2, *shape)

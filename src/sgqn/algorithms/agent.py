@@ -201,7 +201,8 @@ class Agent(LossModule):
         n_step = batch.get(keys.discount, None)
         if n_step is not None:
             return n_step
-        return (~batch.get(keys.terminated).bool()).float() * self.discount
+        not_done = (~batch.get(keys.terminated).bool()).to(batch.get(keys.reward).dtype)  # float64 in tests
+        return not_done * self.discount
 
     def conv_features(self, obs: Tensor) -> Tensor:
         """Detached shared-encoder features of `obs` under the current weights."""

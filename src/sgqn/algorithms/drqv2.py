@@ -6,6 +6,9 @@ scheduled exploration noise, twin Q with a min target, n-step returns from the r
     actor    −min Q(f(s), ã),  ã = clip(μ(f(s)) + clip(σ_t ε, ±c), ±1)   f(s) detached
     target   θ' ← θ' + τ (θ − θ') on the critic's trunk and Q heads, every update
 
+where f(s) is encoded once per update, before the critic's step: the actor reads those features, as
+the reference's `update_actor(obs.detach(), step)` does (the DMC-GB lineage's SAC re-encodes instead).
+
 with σ_t = linear(σ_0, σ_final, N) of the agent step t and c = 0.3. The actor and the target step at
 every update; how often updates run is the data stream's (`update_every_steps`: DrQ-v2 updates every
 second agent step, with no burst after the warm-up).
@@ -13,7 +16,7 @@ second agent step, with no burst after the warm-up).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from tensordict import TensorDictBase
@@ -21,6 +24,7 @@ from torch import Tensor, nn
 
 from sgqn.algorithms.agent import Agent, Due, Metrics, OptimizerSpec, Step, frozen, td_loss
 from sgqn.algorithms.targets import TargetHeads
+from sgqn.envs.tasks import reference_settings
 from sgqn.nets.config import NetConfig
 from sgqn.nets.drqv2 import DeterministicActor, DrQv2Encoder, linear_schedule, truncated_normal_sample
 from sgqn.nets.sac import Critic
@@ -40,7 +44,9 @@ class DrQv2Config:
         shift_pad: random-shift padding (4).
         stddev_init: exploration σ at agent step 0 (1.0).
         stddev_final: exploration σ after `stddev_steps` (0.1).
-        stddev_steps: agent steps of σ's linear decay (100k: DrQ-v2's "easy" tasks; 500k on "medium").
+        stddev_steps: agent steps of σ's linear decay; None: DrQ-v2's for the task (100k on its "easy"
+            tasks, 500k on its "medium" ones: `sgqn.envs.tasks.reference_settings`, resolved by
+            `make_agent`; without a task, the easy tasks' 100k).
         stddev_clip: clip of the target's and the actor step's noise (0.3).
     """
 
@@ -50,7 +56,7 @@ class DrQv2Config:
     shift_pad: int = 4
     stddev_init: float = 1.0
     stddev_final: float = 0.1
-    stddev_steps: int = 100_000
+    stddev_steps: int | None = None
     stddev_clip: float = 0.3
 
 
@@ -79,7 +85,10 @@ class DrQv2(Agent):
         discount: float = 0.99,
     ) -> None:
         super().__init__()
+        if config.stddev_steps is None:  # no task known here: DrQ-v2's reference without one
+            config = replace(config, stddev_steps=reference_settings("drqv2").stddev_steps)
         self.config, self.discount, self.shift_pad = config, discount, config.shift_pad
+        self.stddev_steps = int(config.stddev_steps or 0)  # σ's decay, in agent steps
         self.overlay = None  # an augmentation bank, for the algorithms that overlay images
         layers = 4 if net.num_conv_layers is None else net.num_conv_layers
         features = 50 if net.feature_dim is None else net.feature_dim
@@ -97,14 +106,15 @@ class DrQv2(Agent):
         action = batch.get(self.tensor_keys.action)
         target_q = self.target_value(next_obs, batch)
 
-        q1, q2 = self.critic(obs, action)
+        features = self.critic.encoder(obs)  # encoded once, before the critic's step, as DrQ-v2 does
+        q1, q2 = self.critic.heads(features, action)
         loss_critic = td_loss(q1, q2, target_q)
         opt.step("critic", loss_critic=loss_critic)
         metrics = {"loss_critic": loss_critic.detach(), "q1_mean": q1.detach().mean()}
         metrics["target_q_mean"] = target_q.mean()
 
-        if due.actor:
-            metrics |= self.actor_step(self.conv_features(obs), opt)
+        if due.actor:  # on those (pre-step) features, detached: `update_actor(obs.detach(), step)`
+            metrics |= self.actor_step(features.detach(), opt)
         if due.target:
             self.target_critic.update(self.critic)
         return metrics
@@ -140,13 +150,13 @@ class DrQv2(Agent):
 
     def stddev(self, agent_step: int) -> float:
         c = self.config
-        return linear_schedule(agent_step, c.stddev_init, c.stddev_final, c.stddev_steps)
+        return linear_schedule(agent_step, c.stddev_init, c.stddev_final, self.stddev_steps)
 
     # σ read from the `agent_step` buffer, on the device: the value `stddev(step)` gives, as a float64
     # tensor that the noise multiplies after the same cast to float32 (`tests/test_drqv2.py`).
     def exploration_stddev(self) -> Tensor:
         c = self.config
-        return linear_schedule(self.agent_step, c.stddev_init, c.stddev_final, c.stddev_steps)
+        return linear_schedule(self.agent_step, c.stddev_init, c.stddev_final, self.stddev_steps)
 
     def act(self, obs: Tensor, deterministic: bool, actor: nn.Module | None = None) -> Tensor:
         with torch.no_grad():

@@ -1,5 +1,10 @@
 """SGQN's saliency guidance on DrQ-v2: DrQ-v2's update with the same guidance functions that `sgqn.py` adds
-to SAC (`saliency_guidance.py`), in the same places: the paper's "any value learner", by composition."""
+to SAC (`saliency_guidance.py`), in the same places: the paper's "any value learner", by composition.
+
+As in the SGQN-on-DrQ-v2 code of RL-ViGen (gemcollector/RL-ViGen, `algos/sgqn.py`), the actor reads the
+features of the observation encoded before the critic's step (DrQ-v2's order; SGQN on SAC re-encodes
+after it, as the DMC-GB code does), and the predictor learns the mask of the critic after its step.
+"""
 
 from __future__ import annotations
 
@@ -60,11 +65,11 @@ class DrQv2SGQN(DrQv2):
         metrics |= {"q1_mean": seen.q1.detach().mean(), **sg.mask_metrics(seen)}
         metrics["target_q_mean"] = target_q.mean()
 
+        # The UPDATED critic's saliency: the mask the predictor learns.
         after = sg.saliency(self.critic, obs, action, rho, ties) if due.aux else None
 
-        if due.actor:
-            features = self.conv_features(obs) if after is None else after.features.detach()
-            metrics |= self.actor_step(features, opt)
+        if due.actor:  # on the features of obs before the critic's step, as DrQ-v2 (and RL-ViGen's SGQN)
+            metrics |= self.actor_step(seen.features.detach(), opt)
         if due.target:
             self.target_critic.update(self.critic)
 

@@ -12,7 +12,7 @@ from sgqn.algorithms.sac import SAC, SACConfig
 from sgqn.algorithms.saliency_guidance import SGQNConfig
 from sgqn.algorithms.sgqn import SGQN
 from sgqn.algorithms.svea import SVEA, SVEAConfig
-from sgqn.envs.tasks import DEFAULT_QUANTILE
+from sgqn.envs.tasks import DEFAULT_QUANTILE, TASK_DEFAULTS, reference_settings
 from sgqn.nets.config import NetConfig
 
 
@@ -45,13 +45,23 @@ def resolved_quantile(config: SGQNConfig, task: str | None) -> float:
     return config.quantile if config.quantile is not None else DEFAULT_QUANTILE.get(task or "", 0.95)
 
 
+def resolved_drqv2(config: DrQv2Config, task: str | None) -> DrQv2Config:
+    """DrQ-v2's settings with `stddev_steps` None replaced by DrQ-v2's for the task (100k on its "easy"
+    tasks, 500k on its "medium" ones: `sgqn.envs.tasks.reference_settings`)."""
+    if config.stddev_steps is not None:
+        return config
+    known = task if task in TASK_DEFAULTS else None
+    return replace(config, stddev_steps=reference_settings("drqv2", known).stddev_steps)
+
+
 def make_agent(
     config: AgentConfig, observation_shape: tuple[int, int, int], action_dim: int, task: str | None = None
 ) -> Agent:
     """The agent of `config.algorithm`, for observations `[C, H, W]` and |A| = `action_dim`; `task` gives
-    SGQN's ρ when its config leaves it None."""
+    SGQN's ρ and DrQ-v2's σ decay when its config leaves them None."""
     shape = (int(observation_shape[0]), int(observation_shape[1]), int(observation_shape[2]))
     sgqn = replace(config.sgqn, quantile=resolved_quantile(config.sgqn, task))
+    config = replace(config, drqv2=resolved_drqv2(config.drqv2, task))
     net, gamma = config.net, config.discount
     match config.algorithm:
         case "sac":
@@ -67,4 +77,4 @@ def make_agent(
     raise ValueError(f"unknown algorithm {config.algorithm!r}")
 
 
-__all__ = ["AgentConfig", "make_agent", "resolved_quantile"]
+__all__ = ["AgentConfig", "make_agent", "resolved_drqv2", "resolved_quantile"]

@@ -33,6 +33,7 @@ from sgqn.data.settings import EnvSettings, ReplaySettings, UpdateSchedule
 from sgqn.data.stream import EnvStream, StreamStats
 from sgqn.envs import make_env
 from sgqn.envs.state import env_state, load_env_state
+from sgqn.envs.tasks import TASK_DEFAULTS, Learner, resolve_settings
 
 
 def _first(batch: Any) -> Any:
@@ -46,22 +47,29 @@ class DMCDataModule(L.LightningDataModule):
     `env_settings` (`EnvSettings`), `replay_settings` (`ReplaySettings`) and `schedule` (`UpdateSchedule`),
     which the env, the replay and the stream take.
 
+    An option marked *reference* defaults to None: the reference setting of `learner` for `task`
+    (`sgqn.envs.tasks.reference_settings`; SAC lineage / DrQ-v2), resolved here, so `hparams` hold the
+    values used. An explicit value wins.
+
     Args:
         task: DMC task, e.g. ``walker_walk`` (see `sgqn.envs.TASKS`).
-        action_repeat: physics steps per agent step; ``None`` = the task's DMC-GB default.
+        action_repeat: physics steps per agent step; *reference*: the task's DMC-GB default / 2.
         frame_stack: frames per observation.
         image_size: rendered height/width in pixels.
         render_quality: ``reference`` (MuJoCo defaults, as DMC-GB) or ``fast`` (docs/performance.md: 0.7–0.9 grey levels from the reference, 5× faster).
         seed: seeds the training env (evaluation uses distinct seeds).
-        num_agent_steps: run length in agent steps (the paper trains 500k).
-        init_steps: agent steps of uniform random actions before the first update (paper: 1000).
+        num_agent_steps: run length in agent steps; *reference*: 500k / DrQ-v2's 1.1M frames (its "easy"
+            tasks) or 3.1M (its "medium" ones: cheetah_run, walker_run, reacher_easy, reacher_hard) at
+            the action repeat: 550k or 1.55M agent steps at 2.
+        init_steps: agent steps of uniform random actions before the first update; *reference*: 1000 /
+            DrQ-v2's 4,000 seed frames (2,000 agent steps at action repeat 2).
         updates_per_step: gradient updates per collected agent step after `init_steps` (paper: 1).
-        update_every_steps: the updates run every this many agent steps (1; DrQ-v2: 2).
-        warmup_burst: at the end of the random warm-up, run `init_steps` updates at once (the SAC / SVEA /
-            SGQN references); False: none (DrQ-v2).
-        batch_size: transitions per update batch (paper: 128).
-        replay_capacity: transitions kept in replay (default: the whole run); checked against free RAM
-            (``memory``) or free disk space (``disk``).
+        update_every_steps: the updates run every this many agent steps; *reference*: 1 / 2.
+        warmup_burst: at the end of the random warm-up, run `init_steps` updates at once; *reference*:
+            True (the SAC / SVEA / SGQN code) / False (DrQ-v2).
+        batch_size: transitions per update batch; *reference*: 128 / 256 (walker tasks: 512).
+        replay_capacity: transitions kept in replay; *reference*: the whole run / DrQ-v2's 1M, or the
+            whole run when shorter; checked against free RAM (``memory``) or free disk space (``disk``).
         replay_storage: ``memory`` (RAM) or ``disk`` (memory-mapped files in `replay_dir`, allocated in
             full at the first write, ~21 KB per transition at 84 px; a checkpoint then holds only the
             replay's metadata, the files being its data; they are kept after the run for resuming).
@@ -72,7 +80,11 @@ class DMCDataModule(L.LightningDataModule):
             last checkpoint by a run that then crashed never replace rows the checkpoint still samples.
             A resume is exact with at least as many as the agent steps between checkpoints (+1% for
             episode ends); 0 is exact while the buffer has not wrapped around (the default capacity).
-        n_step: n of the n-step return the replay serves (1 = the reference's one-step TD; DrQ-v2 uses 3).
+        n_step: n of the n-step return the replay serves; *reference*: 1 (one-step TD) / 3 (walker
+            tasks: 1).
+        n_step_partial_windows: with n > 1, also sample the last n − 1 transitions of each episode, with
+            an m-step return (m < n) bootstrapped with γ^m from the episode's final observation. False
+            (DrQ-v2's replay): only transitions whose n transitions all lie in their episode.
         discount: γ used only to sum n-step rewards (the learner's own discount must match).
         frames_per_batch: agent steps per collector iteration (1 keeps the reference's
             one-update-per-step interleaving exact).
@@ -87,6 +99,8 @@ class DMCDataModule(L.LightningDataModule):
             modes; ``None`` = the embedded default (see docs/data.md).
         davis_root: a DAVIS 2017 folder (`JPEGImages/480p/<video>/`) for ``distracting_cs``.
         places_root: Places365 (or any image folder) for the overlay augmentation of SVEA / SGQN.
+        learner: whose references fill the options left None: ``sac`` (sac, svea, sgqn) or ``drqv2``
+            (drqv2, drqv2_sgqn); set from ``--model.algorithm`` by `sgqn fit`.
     """
 
     def __init__(
@@ -97,17 +111,18 @@ class DMCDataModule(L.LightningDataModule):
         image_size: int = 84,
         render_quality: Literal["reference", "fast"] = "reference",
         seed: int = 0,
-        num_agent_steps: int = 500_000,
-        init_steps: int = 1000,
+        num_agent_steps: int | None = None,
+        init_steps: int | None = None,
         updates_per_step: int = 1,
-        update_every_steps: int = 1,
-        warmup_burst: bool = True,
-        batch_size: int = 128,
+        update_every_steps: int | None = None,
+        warmup_burst: bool | None = None,
+        batch_size: int | None = None,
         replay_capacity: int | None = None,
         replay_storage: Literal["memory", "disk"] = "memory",
         replay_dir: str | None = None,
         replay_spare_rows: int = 0,
-        n_step: int = 1,
+        n_step: int | None = None,
+        n_step_partial_windows: bool = False,
         discount: float = 0.99,
         frames_per_batch: int = 1,
         overlap_collection: bool = False,
@@ -115,8 +130,28 @@ class DMCDataModule(L.LightningDataModule):
         dmcgb_root: str | None = None,
         davis_root: str | None = None,
         places_root: str | None = None,
+        learner: Learner = "sac",
     ) -> None:
         super().__init__()
+        # The options left None: `learner`'s reference for the task (`sgqn.envs.tasks.resolve_settings`),
+        # resolved before `save_hyperparameters`, which reads these locals: hparams, checkpoints and the
+        # logged params hold the values used.
+        given = {
+            "data.action_repeat": action_repeat,
+            "data.n_step": n_step,
+            "data.batch_size": batch_size,
+            "data.num_agent_steps": num_agent_steps,
+            "data.init_steps": init_steps,
+            "data.update_every_steps": update_every_steps,
+            "data.warmup_burst": warmup_burst,
+            "data.replay_capacity": replay_capacity,
+        }
+        resolved = resolve_settings(learner, task if task in TASK_DEFAULTS else None, given)
+        action_repeat = resolved["data.action_repeat"]
+        n_step, batch_size = resolved["data.n_step"], resolved["data.batch_size"]
+        num_agent_steps, init_steps = resolved["data.num_agent_steps"], resolved["data.init_steps"]
+        update_every_steps, warmup_burst = resolved["data.update_every_steps"], resolved["data.warmup_burst"]
+        replay_capacity = resolved["data.replay_capacity"]
         self.save_hyperparameters()  # the flat options, for checkpoints and `from_checkpoint`
         self.env_settings = EnvSettings(
             task=task,
@@ -133,6 +168,7 @@ class DMCDataModule(L.LightningDataModule):
             dir=replay_dir,
             spare_rows=replay_spare_rows,
             n_step=n_step,
+            n_step_partial_windows=n_step_partial_windows,
             discount=discount,
             batch_size=batch_size,
         )

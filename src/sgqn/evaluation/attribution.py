@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, TypedDict
+
 import torch
 from torch import Tensor
 
@@ -10,9 +12,19 @@ from sgqn.algorithms.saliency import ZeroTies, attribution_mask, guided_backprop
 from sgqn.training import devices
 
 
+class SaliencyMaps(TypedDict):
+    """The critic's saliency of observations `[B, C, H, W]` (see `attribution_maps`)."""
+
+    attribution: Tensor
+    mask: Tensor
+    masked_obs: Tensor
+    predicted_mask: Tensor | None
+    predicted_prob: Tensor | None
+
+
 def attribution_maps(
     agent: Agent, obs: Tensor, action: Tensor | None, quantile: float, zero_ties: ZeroTies = "keep"
-) -> dict[str, Tensor | None]:
+) -> SaliencyMaps:
     """Saliency of the agent's current critic; no optimizer state or gradient is touched.
 
     Args:
@@ -47,7 +59,12 @@ def attribution_maps(
     }
     # On the host, where pictures, videos and IoUs are made (GPU weights: one copy per map).
     host = {k: None if v is None else devices.to_host(v) for k, v in out.items()}
-    return {k: (v[0] if unbatched and v is not None else v) for k, v in host.items()}
+    return SaliencyMaps(**{k: (v[0] if unbatched and v is not None else v) for k, v in host.items()})  # type: ignore[typeddict-item]
 
 
-__all__ = ["attribution_maps"]
+def saliency_maps(module: Any, obs: Tensor, action: Tensor | None = None) -> SaliencyMaps:
+    """`attribution_maps` of a trained `AgentModule`'s agent, with the module's ρ and tie rule."""
+    return attribution_maps(module.agent, obs, action, module.quantile, module.config.sgqn.mask_zero_ties)
+
+
+__all__ = ["SaliencyMaps", "attribution_maps", "saliency_maps"]

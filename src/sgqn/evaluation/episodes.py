@@ -19,6 +19,7 @@ from torch import Tensor
 from torchrl.envs import EnvBase, ParallelEnv
 
 from sgqn.evaluation import viz
+from sgqn.evaluation.attribution import saliency_maps
 
 EVAL_SEED_OFFSET = 1_000_000  # eval envs never share initial states with the training env
 DEFAULT_MODES = ("train", "color_hard", "video_easy", "video_hard")
@@ -97,7 +98,7 @@ def episode_video(
     if blend_mask:
         actions = torch.cat([rollout["action"], rollout["action"][-1:]])
         masks = [
-            module.attribution_maps(pixels[i : i + chunk], actions[i : i + chunk])["mask"][:, -3:].any(dim=1)
+            saliency_maps(module, pixels[i : i + chunk], actions[i : i + chunk])["mask"][:, -3:].any(dim=1)
             for i in range(0, len(pixels), chunk)
         ]
         frames = viz.blend_mask(frames, torch.cat(masks).numpy())

@@ -20,6 +20,7 @@ from tensordict import TensorDict
 from torchrl.envs import EnvBase
 from torchrl.envs.utils import step_mdp
 
+from sgqn.evaluation.attribution import saliency_maps
 from sgqn.evaluation.viz import mask_iou, saliency_grid
 
 
@@ -100,7 +101,7 @@ def saliency_report(
     observations = same_state_observations(envs, states, indices, frame_stack)
     with torch.no_grad():
         actions = policy(TensorDict({"pixels": observations["train"]}, batch_size=[len(indices)]))["action"]
-    maps = {mode: module.attribution_maps(obs, actions) for mode, obs in observations.items()}
+    maps = {mode: saliency_maps(module, obs, actions) for mode, obs in observations.items()}
     masks = {mode: m["mask"] for mode, m in maps.items()}
     columns: dict[str, list[Any]] = {
         k: [] for k in ("obs", "attribution", "mask", "masked_obs", "predicted_prob")
@@ -108,7 +109,7 @@ def saliency_report(
     labels = []
     for mode, m in maps.items():
         for key in columns:
-            source = observations[mode] if key == "obs" else m[key]
+            source = observations[mode] if key == "obs" else m[key]  # type: ignore[literal-required]
             columns[key].append(None if source is None else source[:grid_states])
         labels += [mode] * min(grid_states, len(indices))
     stacked: dict[str, Any] = {k: (None if v[0] is None else torch.cat(v)) for k, v in columns.items()}

@@ -11,7 +11,7 @@ Exploration is a truncated normal around the mean with a scheduled σ (`truncate
 from __future__ import annotations
 
 import math
-from typing import overload
+from typing import cast, overload
 
 import torch
 from torch import Tensor, nn
@@ -50,7 +50,8 @@ class DrQv2Encoder(nn.Module):
         self.apply(drqv2_weight_init)
 
     def forward(self, obs: Tensor) -> Tensor:
-        return self.convs(obs.float() / 255.0 - 0.5).flatten(1)
+        # (in the weights' dtype: float32, or float64 for the oracle tests)
+        return self.convs(obs.to(cast(nn.Conv2d, self.convs[0]).weight.dtype) / 255.0 - 0.5).flatten(1)
 
 
 class DeterministicActor(nn.Module):

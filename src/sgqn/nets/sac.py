@@ -12,6 +12,7 @@ options (channels-last, bf16) wrap these networks from outside (`sgqn.training.s
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -59,7 +60,8 @@ class Encoder(nn.Module):
         self.apply(weight_init)
 
     def forward(self, obs: Tensor) -> Tensor:
-        return self.convs(obs.float() / 255.0).flatten(1)
+        # (in the weights' dtype: float32, or float64 for the oracle tests)
+        return self.convs(obs.to(cast(nn.Conv2d, self.convs[0]).weight.dtype) / 255.0).flatten(1)
 
 
 class Projection(nn.Sequential):

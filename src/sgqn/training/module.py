@@ -19,14 +19,13 @@ from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModule
 from torch import Tensor, nn
 
-from sgqn.algorithms import Algorithm
+from sgqn.algorithms import ALGORITHMS, Algorithm
 from sgqn.algorithms.agent import NonFiniteLoss, Optimizers, adam_optimizers
 from sgqn.algorithms.drqv2 import DrQv2Config
-from sgqn.algorithms.factory import AgentConfig, make_agent, resolved_quantile
+from sgqn.algorithms.factory import AgentConfig, make_agent, resolved_drqv2, resolved_quantile
 from sgqn.algorithms.sac import SACConfig
 from sgqn.algorithms.saliency_guidance import SGQNConfig
 from sgqn.algorithms.svea import SVEAConfig
-from sgqn.evaluation.attribution import attribution_maps
 from sgqn.nets.config import NetConfig
 from sgqn.nets.sac import Critic
 from sgqn.training import devices
@@ -90,7 +89,8 @@ class AgentModule(L.LightningModule):
             the update from a non-finite one (`train/skipped_updates` counts them; one host sync per loss).
         observation_shape: (C, H, W) of the stacked frames (set from the data by the CLI).
         action_dim: |A| (set from the data by the CLI).
-        task: the DMC task (set from `data.task` by the CLI): SGQN's ρ when `sgqn.quantile` is None.
+        task: the DMC task (set from `data.task` by the CLI): SGQN's ρ when `sgqn.quantile` is None, and
+            DrQ-v2's σ decay when `drqv2.stddev_steps` is None (`sgqn.envs.tasks.reference_settings`).
         overlay_root: Places365 (or any image folder) for SVEA's and SGQN's overlay; None: the embedded
             images (set from `data.places_root` by the CLI).
     """
@@ -117,6 +117,8 @@ class AgentModule(L.LightningModule):
             raise ValueError(f"update_schedule must be 'reference' or 'counted', not {update_schedule!r}")
         if on_nonfinite not in ("stop", "skip"):
             raise ValueError(f"on_nonfinite must be 'stop' or 'skip', not {on_nonfinite!r}")
+        if ALGORITHMS.get(algorithm, ("",))[0] == "drqv2":  # σ's decay of the task when None, before
+            drqv2 = resolved_drqv2(_typed(DrQv2Config, drqv2), task)  # `save_hyperparameters` reads it
         self.config = AgentConfig(
             algorithm,
             discount,
@@ -307,10 +309,6 @@ class AgentModule(L.LightningModule):
     def policy_module(self, deterministic: bool, snapshot: bool = False) -> TensorDictModule:
         """TorchRL policy "pixels" → "action" (`sgqn.training.policy.policy_module`)."""
         return policy_module(self.agent, deterministic, snapshot)
-
-    def attribution_maps(self, obs: Tensor, action: Tensor | None = None) -> dict[str, Tensor | None]:
-        """The critic's saliency maps for pictures and metrics (`sgqn.evaluation.attribution`)."""
-        return attribution_maps(self.agent, obs, action, self.quantile, self.config.sgqn.mask_zero_ties)
 
 
 __all__ = ["AgentModule"]
