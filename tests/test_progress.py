@@ -1,8 +1,10 @@
-"""The agent-step progress bar: driven by a fake trainer and clock, in a terminal and into a log."""
+"""The agent-step progress bar, driven by a fake trainer and clock: what a user sees in a terminal and in a log."""
 
 from __future__ import annotations
 
+import logging
 import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,7 +14,8 @@ import pytest
 
 from sgqn.app import progress
 from sgqn.app.eval_callback import EvaluationCallback
-from sgqn.app.progress import AgentStepProgressBar, Snapshot, format_line, format_number, format_postfix
+from sgqn.app.progress import AgentStepProgressBar
+from sgqn.data.settings import UpdateSchedule
 from sgqn.data.stream import StreamStats
 
 ESCAPE = "\x1b["
@@ -30,14 +33,14 @@ class Clock:
 class FakeEvaluation(EvaluationCallback):
     """Evaluates in `seconds` of fake time, without envs."""
 
-    def __init__(self, clock: Clock, seconds: float, every_env_steps: int) -> None:
-        super().__init__(every_env_steps=every_env_steps, modes=["train", "color_hard"])
+    def __init__(self, clock: Clock, seconds: float, every_agent_steps: int) -> None:
+        super().__init__(every_agent_steps=every_agent_steps, modes=["train", "color_hard"])
         self.clock, self.seconds = clock, seconds
 
     def evaluate(self, trainer: Any, pl_module: Any, step: int | None = None) -> dict[str, float]:
         self.clock.now += self.seconds
-        self.history.append({"env_steps": float(trainer.datamodule.stats.env_steps)})
-        return {"eval/train/return_mean": 250.0, "eval/color_hard/return_mean": 87.25}
+        self.history.append({"agent_steps": float(trainer.datamodule.stats.agent_steps)})
+        return {"eval/train/return_mean": 250.0, "eval/color_hard/return_mean": 87.25, "eval/seconds": 5.0}
 
 
 def run(
@@ -46,42 +49,48 @@ def run(
     *,
     total: int = 200,
     init_steps: int = 100,
-    collect_s: float = 0.001,
     update_s: float | Callable[[int], float] = 0.1,
     eval_every: int = 100,
     eval_s: float = 5.0,
-    on_tick: Any = None,
+    on_tick: Callable[[AgentStepProgressBar, StreamStats], None] | None = None,
 ) -> None:
-    """What Lightning and `EnvStream` do in `sgqn fit`: hooks, stats and (fake) time."""
+    """What Lightning (its hooks, in order) and `EnvStream` (stats, fake time) do in `sgqn fit`."""
     stats = StreamStats()
-    datamodule = SimpleNamespace(
-        stats=stats, hparams=SimpleNamespace(num_env_steps=total, init_steps=init_steps, updates_per_step=1)
+    schedule = UpdateSchedule(
+        num_agent_steps=total,
+        init_steps=init_steps,
+        updates_per_step=1,
+        update_every_steps=1,
+        warmup_burst=True,
+        frames_per_batch=1,
+        overlap_collection=False,
+        policy_sync_every=1,
     )
     evaluation = FakeEvaluation(clock, eval_s, eval_every)
-    trainer = SimpleNamespace(datamodule=datamodule, callbacks=[bar, evaluation], is_global_zero=True)
-    module: Any = None
-    bar.setup(trainer, module, "fit")  # type: ignore[arg-type]
-    bar.on_fit_start(trainer, module)  # type: ignore[arg-type]
-
-    def batch_end() -> None:
-        bar.on_train_batch_end(trainer, module, None, None, 0)  # type: ignore[arg-type]
-        evaluation.on_train_batch_end(trainer, module, None, None, 0)  # type: ignore[arg-type]
-        if on_tick is not None:
-            on_tick(bar, stats)
-
+    datamodule = SimpleNamespace(stats=stats, schedule=schedule)
+    trainer: Any = SimpleNamespace(datamodule=datamodule, callbacks=[bar, evaluation], is_global_zero=True)
+    callbacks: list[Any] = [bar, evaluation]
+    bar.setup(trainer, None, "fit")  # type: ignore[arg-type]
+    for hook in ("on_fit_start", "on_train_start", "on_train_epoch_start"):
+        for callback in callbacks:
+            getattr(callback, hook)(trainer, None)
     for step in range(1, total + 1):
-        clock.now += collect_s
-        stats.env_steps = step
+        clock.now += 0.001  # one collected agent step
+        stats.agent_steps = step
         if step % 50 == 0:
             stats.last_episode_return = 143.0
         due = init_steps if step == init_steps else int(step > init_steps)
         for _ in range(due):  # no hook between collected steps: only after each update
             stats.updates += 1
             clock.now += update_s(step) if callable(update_s) else update_s
-            batch_end()
-    bar.on_train_epoch_end(trainer, module)  # type: ignore[arg-type]
-    evaluation.on_train_end(trainer, module)  # type: ignore[arg-type]
-    bar.teardown(trainer, module, "fit")  # type: ignore[arg-type]
+            for callback in callbacks:
+                callback.on_train_batch_end(trainer, None, None, None, 0)
+            if on_tick is not None:
+                on_tick(bar, stats)
+    for hook in ("on_train_epoch_end", "on_train_end"):
+        for callback in callbacks:
+            getattr(callback, hook)(trainer, None)
+    bar.teardown(trainer, None, "fit")  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -91,66 +100,79 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     return clock
 
 
-def test_numbers_and_terminal_postfix() -> None:
-    assert [format_number(x) for x in (143.0, 143.27, 41.23, 0.5, 3.0, 1e3)] == [
-        "143",
-        "143",
-        "41.2",
-        "0.5",
-        "3",
-        "1000",
-    ]
-    snapshot = Snapshot(
-        env_steps=1250,
-        total=2500,
-        updates=1250,
-        elapsed=100.0,
-        eta=125.4,
-        steps_per_s=10.0,
-        updates_per_s=9.87,
-        last_return=143.0,
-    )
-    assert format_postfix(snapshot) == "ETA 02:05, 10 steps/s, 9.87 upd/s, return=143"
-    unknown = Snapshot(0, 2500, 0, 1.0, None, float("nan"), float("nan"), float("nan"))
-    assert format_postfix(unknown) == "ETA ?"
-    line = format_line(Snapshot(**{**vars(snapshot), "status": "warm-up updates 12/500"}))
-    assert line == (
-        "[sgqn] 1250/2500 agent steps (50%) | elapsed 01:40, ETA 02:05 | 10 steps/s, 9.87 updates/s"
-        " | 1250 updates | return=143 | warm-up updates 12/500"
-    )
+def frames(err: str) -> list[str]:
+    """What a terminal showed, one redraw (or line above the bar) at a time."""
+    return [f.rstrip() for f in re.split(r"[\r\n]", err) if f.strip()]
 
 
-def test_log_lines_are_plain_few_and_report_the_warm_up(
-    clock: Clock, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_log_lines_are_plain_and_say_what_runs(clock: Clock, capsys: pytest.CaptureFixture[str]) -> None:
     run(AgentStepProgressBar(interactive=False), clock)
     out = capsys.readouterr()
-    assert ESCAPE not in out.err + out.out and "\r" not in out.err
+    assert ESCAPE not in out.err and "\r" not in out.err and out.out == ""
     lines = out.err.splitlines()
-    assert lines and all(line.startswith("[sgqn] ") for line in lines)
-    assert len(lines) <= 30
-    assert "start, 200 agent steps: 100 random warm-up steps, 100 warm-up updates" in lines[0]
+    assert all(line.startswith("[sgqn] ") for line in lines) and len(lines) <= 20
+    assert lines[0] == "[sgqn] 0/200 agent steps (0%) | elapsed 00:00, ETA ? | ? agent steps/s | start"
     burst = [line for line in lines if "warm-up updates" in line]
-    assert "100/200 agent steps" in burst[1] and "warm-up updates 1/100" in burst[1]
-    assert any("warm-up updates done: 100 in 00:10, 10 updates/s" in line for line in burst), burst
+    assert len(burst) == 2, burst
+    assert burst[0].startswith("[sgqn] 100/200 agent steps") and burst[0].endswith("| warm-up updates 1/100")
+    assert burst[1].startswith("[sgqn] 101/200 agent steps") and burst[1].endswith("| warm-up updates done")
     assert "[sgqn] eval at 100 agent steps (00:05): train=250, color_hard=87.2" in lines
-    assert "return=143" in out.err and "143.0" not in out.err and not re.search(r"\d+\.0\b", out.err)
-    assert "200/200 agent steps (100%)" in lines[-1] and lines[-1].endswith("| done")
+    # elapsed, ETA and rates from the recent (training) rate, the last return
+    line = "[sgqn] 150/200 agent steps (75%) | elapsed 00:20, ETA 00:05 |  9.90 agent steps/s, 9.9 updates/s"
+    assert f"{line}, return=143" in lines
+    assert lines[-1].startswith("[sgqn] 200/200 agent steps (100%)") and lines[-1].endswith("| done")
 
 
-def test_line_interval_is_configurable(clock: Clock, capsys: pytest.CaptureFixture[str]) -> None:
-    run(AgentStepProgressBar(print_every_env_steps=50, interactive=False), clock)
-    steps = re.findall(r"^\[sgqn\] (\d+)/200 agent steps", capsys.readouterr().err, re.MULTILINE)
-    # start, warm-up burst start and end, every 50 steps, done
-    assert steps == ["0", "100", "101", "150", "200", "200"]
+@pytest.mark.parametrize(("term", "bar"), [("xterm-256color", True), ("dumb", False)])
+def test_a_bar_only_on_a_terminal_that_draws_one(
+    term: str, bar: bool, clock: Clock, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TERM", term)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    run(AgentStepProgressBar(), clock)
+    err = capsys.readouterr().err
+    assert ("\r" in err) == bar and ("[sgqn] 150/200 agent steps" in err) != bar
 
 
-def test_eta_follows_the_recent_rate(clock: Clock, capsys: pytest.CaptureFixture[str]) -> None:
-    """Time per step changes after the warm-up and when training slows down: the ETA follows."""
-    seen: dict[tuple[int, int], float | None] = {}
+@pytest.mark.parametrize(
+    ("every", "total", "steps"),
+    [
+        (50, 200, [0, 100, 101, 150, 200, 200]),  # start, warm-up burst start and end, every 50, done
+        (0, 1000, [0, 100, 101, *range(150, 1001, 50), 1000]),  # 0: every 5% of the run
+    ],
+)
+def test_line_interval(
+    every: int, total: int, steps: list[int], clock: Clock, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run(AgentStepProgressBar(print_every_agent_steps=every, interactive=False), clock, total=total)
+    printed = re.findall(rf"^\[sgqn\] (\d+)/{total} agent steps", capsys.readouterr().err, re.MULTILINE)
+    assert printed == [str(s) for s in steps]
+
+
+def test_terminal_bar_counts_agent_steps_and_says_what_runs(
+    clock: Clock, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run(AgentStepProgressBar(interactive=True), clock)
+    shown = frames(capsys.readouterr().err)
+    assert any(f.startswith("collecting 100 random warm-up steps:   0%|") and "0/200" in f for f in shown)
+    burst = [f for f in shown if f.startswith("warm-up updates ") and "| 100/200 [" in f]
+    counts = [int(re.match(r"warm-up updates (\d+)/100", f)[1]) for f in burst]  # type: ignore[index]
+    assert len(set(counts)) > 10 and counts == sorted(counts)  # on while the agent steps stand still
+    assert any(f.startswith("evaluating at 100 agent steps…:  50%|") for f in shown)
+    assert "[sgqn] eval at 200 agent steps (00:05): train=250, color_hard=87.2" in shown  # above the bar
+    middle = "| 150/200 [00:20<00:05,  9.90 agent steps/s, 9.9 updates/s, return=143]"
+    assert any(f.startswith(" 75%|") and f.endswith(middle) for f in shown)  # elapsed, ETA, rates, return
+    assert shown[-1].endswith("| 200/200 [00:30<00:00,  6.62 agent steps/s, 9.9 updates/s, return=143]")
+    assert not any("Epoch" in f or "it/s" in f for f in shown)  # Lightning's batch-counting bar
+
+
+def test_eta_follows_the_recent_training_rate(clock: Clock) -> None:
+    """Time per step changes after the warm-up and when training slows down: the rate (hence the ETA)
+    follows, and leaves the time of the warm-up burst and of evaluations out."""
+    rates: dict[tuple[int, int], float | None] = {}
 
     def record(bar: AgentStepProgressBar, stats: StreamStats) -> None:
-        seen[stats.env_steps, stats.updates] = bar._snapshot().eta
+        rates[stats.agent_steps, stats.updates] = bar.train_progress_bar.format_dict["rate"]
 
     def update_s(step: int) -> float:
         return 0.1 if step < 600 else 0.2  # e.g. a longer episode phase, a busier machine
@@ -160,43 +182,41 @@ def test_eta_follows_the_recent_rate(clock: Clock, capsys: pytest.CaptureFixture
         clock,
         total=1000,
         update_s=update_s,
-        eval_every=500,
         eval_s=20.0,
         on_tick=record,
     )
-    # Mid-burst (random steps took 0.001 s): the rest of the burst, then 900 steps of a collection and
-    # an update each. (From the average rate since the start it would be ~46 s.)
-    assert seen[100, 50] == pytest.approx(50 * 0.1 + 900 * (0.001 + 0.1), rel=0.1)
-    # After the evaluation at 500 steps (20 s, measured): the steps left, plus the evaluation at 1000.
-    assert seen[500, 500] == pytest.approx(500 * 0.101 + 20, rel=0.05)
-    # 300 steps after the slowdown the last minute's rate rules (since the start: ~0.13 s per step).
-    assert seen[900, 900] == pytest.approx(100 * 0.201 + 20, rel=0.05)
+    assert rates[100, 50] is None  # in the burst: no training rate yet, the ETA says "?"
+    assert 1 / rates[150, 150] == pytest.approx(0.101, rel=0.05)  # type: ignore[operator]
+    assert 1 / rates[510, 510] == pytest.approx(0.101, rel=0.05)  # 20 s evaluations every 100 steps
+    assert 1 / rates[900, 900] == pytest.approx(0.201, rel=0.05)  # type: ignore[operator]
 
 
-def test_terminal_bar_moves_during_the_warm_up_burst(
-    clock: Clock, capsys: pytest.CaptureFixture[str]
-) -> None:
-    run(AgentStepProgressBar(interactive=True, refresh_s=0.0), clock)
-    frames = capsys.readouterr().err.replace("\n", "\r").split("\r")
-    burst = [f for f in frames if f.startswith("warm-up updates ") and "100/200 steps" in f]
-    counts = {int(re.match(r"warm-up updates (\d+)/100", f)[1]) for f in burst}  # type: ignore[index]
-    assert len(counts) > 50 and max(counts) == 100  # the updates count on while agent steps stand still
-    assert any(f.startswith("evaluating at 100 agent steps…") for f in frames)
-    assert any("200/200 steps" in f and "return=143" in f for f in frames)
-    assert "[sgqn] eval at 200 agent steps (00:05): train=250, color_hard=87.2" in frames
-    assert "143.0" not in "".join(frames)
+def test_lightnings_messages_go_above_the_bar(clock: Clock, capsys: pytest.CaptureFixture[str]) -> None:
+    logger, handler = logging.getLogger("lightning.pytorch"), logging.StreamHandler(sys.stderr)
+    logger.addHandler(handler)
+
+    def say(bar: AgentStepProgressBar, stats: StreamStats) -> None:
+        if stats.updates == 150:
+            logger.warning("a message from Lightning")
+
+    try:
+        run(AgentStepProgressBar(interactive=True), clock, on_tick=say)
+    finally:
+        logger.removeHandler(handler)
+    before = re.findall(r"(.)a message from Lightning\n", capsys.readouterr().err, re.DOTALL)
+    assert before and set(before) == {"\r"}  # on a line of its own: tqdm cleared the bar first
 
 
 def test_cli_replaces_lightnings_bar(tmp_path: Path) -> None:
     from lightning.pytorch.callbacks import ProgressBar
 
     from sgqn.app.fit import SGQNCLI
-    from sgqn.data.stream import DMCDataModule
-    from sgqn.module import SGQNModule
+    from sgqn.data.datamodule import DMCDataModule
+    from sgqn.training.module import AgentModule
 
     def bars(*extra: str) -> list[ProgressBar]:
         cli = SGQNCLI(
-            SGQNModule,
+            AgentModule,
             DMCDataModule,
             run=False,
             args=[
@@ -211,5 +231,5 @@ def test_cli_replaces_lightnings_bar(tmp_path: Path) -> None:
         return [c for c in cli.trainer.callbacks if isinstance(c, ProgressBar)]
 
     assert bars() == []  # tiny.yaml: enable_progress_bar false
-    (bar,) = bars("--trainer.enable_progress_bar", "true", "--progress.print_every_env_steps", "25")
-    assert isinstance(bar, AgentStepProgressBar) and bar.print_every_env_steps == 25
+    (bar,) = bars("--trainer.enable_progress_bar", "true", "--progress.print_every_agent_steps", "25")
+    assert isinstance(bar, AgentStepProgressBar) and bar.print_every_agent_steps == 25
