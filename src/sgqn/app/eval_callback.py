@@ -15,8 +15,10 @@ from lightning.pytorch.loggers import MLFlowLogger
 from tensordict import TensorDictBase
 from torchrl.envs import EnvBase
 
+from sgqn.algorithms import ALGORITHMS
 from sgqn.app.schedule import Cadence, agent_steps
 from sgqn.envs.state import env_state, load_env_state
+from sgqn.envs.tasks import TASK_DEFAULTS, resolve_settings
 from sgqn.evaluation.episodes import (
     DEFAULT_MODES,
     EVAL_SEED_OFFSET,
@@ -42,7 +44,9 @@ class EvaluationCallback(Callback):
     `video_every_evals` evaluations, an mp4 per mode (`videos/<mode>_step_XXXXXXXX.mp4`).
 
     Args:
-        every_agent_steps: evaluation period in agent steps (paper: 10k); 0 disables periodic evaluation.
+        every_agent_steps: evaluation period in agent steps; 0 disables periodic evaluation; None: the
+            learner's reference for the task (SAC lineage: 10k; DrQ-v2: 10k frames, 5k agent steps at
+            action repeat 2: `sgqn.envs.tasks.reference_settings`), resolved by `sgqn fit`, else at setup.
         episodes: episodes per mode (paper: 10 during training, 100 for final tables).
         modes: ``train`` and/or DMC-GB test modes (see `sgqn.envs.MODES`).
         at_start: also evaluate the untrained policy before the first update (the curve's step 0).
@@ -66,7 +70,7 @@ class EvaluationCallback(Callback):
 
     def __init__(
         self,
-        every_agent_steps: int = 10_000,
+        every_agent_steps: int | None = None,
         episodes: int = 10,
         modes: list[str] = list(DEFAULT_MODES),  # noqa: B006 (jsonargparse needs a plain default)
         at_start: bool = False,
@@ -96,7 +100,7 @@ class EvaluationCallback(Callback):
         self.workers = workers
         self._batched: EnvBase | None = None  # every mode's worker envs, the modes in `self.modes` order
         self._envs: dict[str, EnvBase] = {}
-        self.cadence = Cadence(every_agent_steps)
+        self.cadence = Cadence(every_agent_steps or 0)  # None: resolved in `setup`
         self._resumed_envs: dict[str, dict[str, Any]] = {}
         self.history: list[dict[str, float]] = []
 
@@ -118,6 +122,18 @@ class EvaluationCallback(Callback):
         # Seeded per evaluation (`evaluate`); this seed only builds them.
         self._batched = start_workers(dm, self.modes, self.workers, dm.env_settings.seed + EVAL_SEED_OFFSET)
         return self._batched, time.perf_counter() - start
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self.every_agent_steps is None:  # built directly: the reference of the module's learner
+            config = getattr(pl_module, "config", None)
+            learner = ALGORITHMS.get(getattr(config, "algorithm", ""), ("sac", None))[0]
+            env = getattr(trainer.datamodule, "env_settings", None)  # type: ignore[attr-defined]
+            task = getattr(env, "task", None)
+            given = {"data.action_repeat": getattr(env, "action_repeat", None)}
+            resolved = resolve_settings(learner, task if task in TASK_DEFAULTS else None, given)
+            self.every_agent_steps = resolved["eval.every_agent_steps"]
+            self.cadence.every = int(self.every_agent_steps)
+            self.cadence.next = self.cadence.next or self.cadence.every  # unless a checkpoint set it
 
     def close(self) -> None:
         """Stop the worker processes (the next evaluation starts new ones)."""
@@ -178,9 +194,14 @@ class EvaluationCallback(Callback):
                 frame_stack=trainer.datamodule.env_settings.frame_stack,  # type: ignore[attr-defined]
                 num_states=self.saliency_states,
                 grid_states=self.grid_states,
+                task=trainer.datamodule.env_settings.task,  # type: ignore[attr-defined]
             )
             metrics |= {f"eval/{m}/saliency_iou": iou for m, iou in report.iou.items()}
             metrics |= {f"eval/{m}/mask_coverage": c for m, c in report.coverage.items()}
+            for prefix, focus in (("saliency", report.focus), ("predicted", report.predicted_focus)):
+                metrics |= {
+                    f"eval/{m}/{prefix}_{k}": v for m, scores in focus.items() for k, v in scores.items()
+                }
             artifacts.append((f"saliency/step_{step:08d}.png", report.grid))
             metrics["eval/saliency_seconds"] = time.perf_counter() - start
         if self._due(self.video_every_evals, count):

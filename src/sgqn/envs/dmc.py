@@ -16,6 +16,7 @@ from sgqn.envs.render import select_gl_backend
 select_gl_backend()  # before dm_control is imported: it fixes its GL backend (MUJOCO_GL) at import
 
 import dm_env  # noqa: E402
+import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 from dm_control.mujoco.engine import Camera  # noqa: E402
 from dm_control.suite.wrappers import pixels  # noqa: E402
@@ -123,6 +124,16 @@ class ModePixels(pixels.Wrapper):
         with physics.reset_context():
             physics.set_state(state)
         return self.render_frame()
+
+    def segment_state(self, state: np.ndarray) -> np.ndarray:
+        """The geom behind each pixel of a physics state, seen through this mode's camera (a test mode
+        may move it, `distracting_cs` does): int32 `[H, W]` geom ids, −1 where no geom is (the sky)."""
+        physics = self._env.physics
+        with physics.reset_context():
+            physics.set_state(state)
+        self.mode.before_render(physics)
+        ids, types = self._camera.render(segmentation=True).transpose(2, 0, 1)
+        return np.where(types == int(mujoco.mjtObj.mjOBJ_GEOM), ids, -1).astype(np.int32)
 
     def reseed_mode(self, seed: int) -> None:
         """A fresh appearance RNG: the next episodes' test-mode draws depend on `seed` alone."""

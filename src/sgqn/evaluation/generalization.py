@@ -11,7 +11,7 @@ saliency moves when only the appearance changes.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -21,6 +21,8 @@ from torchrl.envs import EnvBase
 from torchrl.envs.utils import step_mdp
 
 from sgqn.evaluation.attribution import saliency_maps
+from sgqn.evaluation.focus import focus_scores
+from sgqn.evaluation.ground_truth import moves_camera, stacked_body_masks
 from sgqn.evaluation.viz import mask_iou, saliency_grid
 
 
@@ -82,6 +84,10 @@ class SaliencyReport:
     grid: np.ndarray  # uint8 picture: a column per (mode, state), rows as `viz.saliency_grid`
     iou: dict[str, float]  # saliency consistency per mode (vs train)
     coverage: dict[str, float]  # fraction of pixels in the mask, per mode
+    # Per mode, the critic's saliency against the task's bodies (`sgqn.evaluation.focus`), and the
+    # attribution predictor's (SGQN only): precision, recall, tid, mass_on_body. Empty without a task.
+    focus: dict[str, dict[str, float]] = field(default_factory=dict)
+    predicted_focus: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def saliency_report(
@@ -93,9 +99,12 @@ def saliency_report(
     num_states: int = 8,
     grid_states: int = 2,
     rollout_steps: int = 60,
+    task: str | None = None,
 ) -> SaliencyReport:
     """Roll the deterministic policy in the train env, show the same states in every mode and compare
-    the critic's saliency masks. `envs` must contain "train"; `module` provides `attribution_maps`."""
+    the critic's saliency masks. `envs` must contain "train"; `module` is an `AgentModule`. With the
+    `task`, each mode's saliency is also scored against the task's bodies (one segmentation render per
+    frame of a saliency observation: the train env's, and its own for a mode that moves the camera)."""
     states = collect_states(envs["train"], policy, rollout_steps)
     indices = np.linspace(frame_stack, len(states) - 1, num_states).round().astype(int).tolist()
     observations = same_state_observations(envs, states, indices, frame_stack)
@@ -103,6 +112,13 @@ def saliency_report(
         actions = policy(TensorDict({"pixels": observations["train"]}, batch_size=[len(indices)]))["action"]
     maps = {mode: saliency_maps(module, obs, actions) for mode, obs in observations.items()}
     masks = {mode: m["mask"] for mode, m in maps.items()}
+    bodies = {}
+    if task is not None:
+        train = stacked_body_masks(envs["train"], task, states, indices, frame_stack)
+        bodies = {
+            mode: stacked_body_masks(env, task, states, indices, frame_stack) if moves_camera(mode) else train
+            for mode, env in envs.items()
+        }
     columns: dict[str, list[Any]] = {
         k: [] for k in ("obs", "attribution", "mask", "masked_obs", "predicted_prob")
     }
@@ -113,6 +129,7 @@ def saliency_report(
             columns[key].append(None if source is None else source[:grid_states])
         labels += [mode] * min(grid_states, len(indices))
     stacked: dict[str, Any] = {k: (None if v[0] is None else torch.cat(v)) for k, v in columns.items()}
+    outlines = torch.cat([b[:grid_states, -1] for b in bodies.values()]) if bodies else None
     grid = saliency_grid(
         stacked["obs"],
         stacked["attribution"],
@@ -120,6 +137,15 @@ def saliency_report(
         stacked["masked_obs"],
         stacked["predicted_prob"],
         labels,
+        bodies=outlines,
     )
     coverage = {mode: mask.float().mean().item() for mode, mask in masks.items()}
-    return SaliencyReport(grid, saliency_consistency(masks), coverage)
+    focus = {
+        mode: focus_scores(m["attribution"], m["mask"], bodies[mode]) for mode, m in maps.items() if bodies
+    }
+    predicted_focus = {
+        mode: focus_scores(m["predicted_prob"], m["predicted_mask"], bodies[mode])
+        for mode, m in maps.items()
+        if bodies and m["predicted_mask"] is not None
+    }
+    return SaliencyReport(grid, saliency_consistency(masks), coverage, focus, predicted_focus)

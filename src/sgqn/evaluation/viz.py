@@ -132,6 +132,16 @@ def grid_layout(
     )
 
 
+OUTLINE = (0, 255, 255)  # the ground truth's outline on the observation row (cyan)
+
+
+def outline(masks: np.ndarray) -> np.ndarray:
+    """bool `[N, H, W]`: the pixels of each mask that touch a pixel outside it (4-neighbourhood)."""
+    padded = np.pad(masks, ((0, 0), (1, 1), (1, 1)), constant_values=False)
+    inside = padded[:, :-2, 1:-1] & padded[:, 2:, 1:-1] & padded[:, 1:-1, :-2] & padded[:, 1:-1, 2:]
+    return masks & ~inside
+
+
 def saliency_grid(
     obs: torch.Tensor,
     attribution: torch.Tensor,
@@ -140,6 +150,7 @@ def saliency_grid(
     predicted: torch.Tensor | None = None,
     column_labels: Sequence[str] | None = None,
     min_cell: int = MIN_CELL,
+    bodies: torch.Tensor | None = None,
 ) -> np.ndarray:
     """One image: a column per observation, rows observation | attribution | mask | masked | predicted.
 
@@ -155,6 +166,8 @@ def saliency_grid(
         predicted: the attribution predictor's probabilities, same shape (row left black if None).
         column_labels: a caption per column (e.g. the test mode).
         min_cell: smallest cell side in pixels.
+        bodies: bool `[N, H, W]`, the task's bodies in the newest frame (`sgqn.evaluation.ground_truth`):
+            outlined on the observation row, where the critic should look.
 
     Returns:
         uint8 `[height, width, 3]`, laid out as `grid_layout(N, H, W, column_labels, min_cell)`.
@@ -162,8 +175,11 @@ def saliency_grid(
     n, _, height, width = obs.shape
     labels = list(column_labels or [])
     layout = grid_layout(n, height, width, labels, min_cell)
+    observations = _to_rgb_uint8(newest_frame(obs))
+    if bodies is not None:
+        observations[outline(bodies.cpu().numpy())] = OUTLINE
     rows = [
-        _to_rgb_uint8(newest_frame(obs)),
+        observations,
         colourise(normalised_attribution(attribution).cpu().numpy()),
         _grey(newest_frame(mask).float().amax(dim=1)),
         _to_rgb_uint8(newest_frame(masked_obs)),
