@@ -151,6 +151,105 @@ def test_bad_config_fails_fast_with_one_line_and_no_run(
     assert elapsed < 5, elapsed  # checked before any env, trainer or run exists
 
 
+# Issue 23: each of these ends in one line on stderr and exit status 2, before anything is created.
+ONE_LINE = {
+    # exact option names only (argparse would expand an abbreviation)
+    "abbreviated option": (
+        ["--model.sgqn.quantil", "0.5"],
+        ["unrecognized arguments: --model.sgqn.quantil", "did you mean --model.sgqn.quantile?"],
+    ),
+    "abbreviated data option": (["--data.tas", "walker_walk"], ["--data.tas: did you mean --data.task?"]),
+    # image sizes the networks cannot take (tiny.yaml: 2 conv layers)
+    "negative image size": (["--data.image_size", "-32"], ["--data.image_size -32: must be a positive"]),
+    "image size 7": (["--data.image_size", "7"], ["--data.image_size 7: too small", "at least 8 px"]),
+    "image size for the depth": (
+        ["--model.net.num_conv_layers", "11", "--data.image_size", "40"],
+        ["--data.image_size 40: too small for the encoder's 11 conv layers", "below 43 px", "at least 44 px"],
+    ),
+    "image size for the decoder": (
+        ["--data.image_size", "30"],
+        ["--data.image_size 30: sgqn's saliency decoder", "divisible by 4, e.g. 28 or 32"],
+    ),
+    # values of the wrong kind
+    "algorithm": (
+        ["--model.algorithm", "sqgn"],
+        [
+            "--model.algorithm: invalid choice 'sqgn' (did you mean 'sgqn'?); valid: sac, svea, sgqn, drqv2, drqv2_sgqn"
+        ],
+    ),
+    "modes not a list": (
+        ["--eval.modes", "video_hardd"],
+        ["--eval.modes takes a list of modes", "did you mean 'video_hard'", "valid modes: train, color_easy"],
+    ),
+    "one mode not a list": (["--eval.modes", "video_hard"], ["--eval.modes '[video_hard]'"]),
+    "not a number": (["--data.batch_size", "x"], ["--data.batch_size: expected int or null, got 'x'"]),
+    "negative value after a space": (["--model.sac.actor_lr", "-1e-3"], ["--model.sac.actor_lr=VALUE"]),
+    # numbers that would crash (or silently break) the run later
+    "batch size": (["--data.batch_size", "0"], ["--data.batch_size 0: must be ≥ 1"]),
+    "frame stack": (["--data.frame_stack", "0"], ["--data.frame_stack 0: must be ≥ 1"]),
+    "episodes": (["--eval.episodes", "0"], ["--eval.episodes 0: must be ≥ 1"]),
+    "negative lr": (["--model.sac.actor_lr=-1e-3"], ["--model.sac.actor_lr -0.001: must be ≥ 0"]),
+    "quantile": (["--model.sgqn.quantile", "1.0"], ["--model.sgqn.quantile 1.0: must be [0, 1)"]),
+    "decoder channels": (
+        ["--model.sgqn.decoder_channels", "[4,0,4]"],
+        ["--model.sgqn.decoder_channels [4, 0, 4]: must be ≥ 1"],
+    ),
+    "seed": (["--data.seed", "-1"], ["--data.seed -1: must be in [0, 4294967295]"]),
+}
+
+
+@pytest.mark.parametrize("case", list(ONE_LINE))
+def test_a_bad_input_ends_in_one_line_and_creates_nothing(
+    case: str, store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    given, expected = ONE_LINE[case]
+    with pytest.raises(SystemExit) as exit_info:
+        main(fit_args(store, *given))
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.splitlines()
+    # the error, and for an error found after parsing the pointer to --debug (`sgqn.app.cli.main`)
+    (line,) = [x for x in lines if not x.startswith("(--debug or SGQN_DEBUG=1")]
+    assert line.startswith("sgqn: error: "), lines
+    for word in expected:
+        assert word in line, (word, line)
+    assert not (store / "mlflow.db").exists() and not (store / "outputs").exists()
+    assert sorted(p.name for p in store.iterdir()) == [], list(store.iterdir())
+
+
+def test_image_size_follows_the_encoder_and_the_decoder() -> None:
+    def check(size: int, algorithm: str = "sgqn", layers: int | None = None) -> None:
+        validation.check_image_size(
+            {"image_size": size}, {"algorithm": algorithm, "net": {"num_conv_layers": layers}}
+        )
+
+    # the encoder's feature map is (n - 3) // 2 + 1 - 2 (L - 1) wide: at least 1 from n = 4 L - 1
+    assert [validation.smallest_image_size(n) for n in (1, 4, 11)] == [3, 15, 43]
+    check(43, "sac")  # SAC's reference depth, 11 layers
+    check(15, "drqv2")  # DrQ-v2's, 4 layers
+    check(30, "sac", 2)  # no decoder: any size the encoder takes
+    check(44)  # SGQN: 11 layers and a multiple of 4
+    check(16, "drqv2_sgqn")
+    for size, algorithm, layers, message in [
+        (42, "sac", None, "below 43 px"),
+        (43, "sgqn", None, "at least 44 px"),
+        (14, "drqv2", None, "below 15 px"),
+        (18, "drqv2_sgqn", None, "divisible by 4, e.g. 16 or 20"),
+        (0, "sac", 2, "positive"),
+    ]:
+        with pytest.raises(validation.ConfigError, match=message):
+            check(size, algorithm, layers)
+
+
+def test_every_ranged_option_exists(capsys: pytest.CaptureFixture[str]) -> None:
+    options = set(_listed(_fit_help(capsys)))
+    assert {f"--{key}" for key in validation.RANGES} <= options, {
+        f"--{k}" for k in validation.RANGES
+    } - options
+    assert validation.within(0, "[0, 1)") and not validation.within(1, "[0, 1)")
+    assert validation.within(1, "[0, 1]") and not validation.within(0, "> 0") and validation.within(0, "≥ 0")
+    assert not validation.within(float("nan"), "≥ 0")
+
+
 def test_too_little_disk_fails_before_the_run(
     store: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -398,6 +497,7 @@ def test_known_dependency_noise_is_filtered_and_nothing_else() -> None:
     assert passes(rank_zero, "GPU available: False, used: False")
     assert not passes(rank_zero, "`Trainer.fit` stopped: `max_epochs=1` reached.")
     assert passes(rank_zero, "`Trainer.fit` stopped: `max_steps=10` reached.")
+    assert not passes("lightning.fabric.utilities.seed", "Seed set to 0")  # before any check's error
     assert not passes("mlflow.store.db.utils", "Creating initial MLflow database tables...")
     assert not passes("lightning.pytorch.loggers.mlflow", "Experiment with name tiny not found. Creating it.")
     assert not passes("torchrl", "Initialized LazyTensorStorage with torch.Size([203]) shape")

@@ -150,7 +150,7 @@ GAMMA = 0.9
 
 
 def episode_transitions(first_row: int, steps: int, *, closes: bool, terminates: bool) -> list[TensorDict]:
-    """Collector transitions of one episode whose frames (and actions) are their row ids and whose
+    """Collector transitions of one episode whose frames (mod 256) and actions are their row ids and whose
     rewards are row id + 1; a closed episode's closing row is `first_row + steps`."""
     items = []
     for t in range(steps):
@@ -158,11 +158,11 @@ def episode_transitions(first_row: int, steps: int, *, closes: bool, terminates:
         items.append(
             TensorDict(
                 {
-                    "pixels": torch.full((3 * FS, SIZE, SIZE), row, dtype=torch.uint8),
+                    "pixels": torch.full((3 * FS, SIZE, SIZE), row % 256, dtype=torch.uint8),
                     "action": torch.full((2,), float(row)),
                     "step_count": torch.tensor([t]),
                     "next": {
-                        "pixels": torch.full((3 * FS, SIZE, SIZE), row + 1, dtype=torch.uint8),
+                        "pixels": torch.full((3 * FS, SIZE, SIZE), (row + 1) % 256, dtype=torch.uint8),
                         "reward": torch.tensor([float(row + 1)]),
                         "terminated": torch.tensor([terminates and last]),
                         "done": torch.tensor([closes and last]),
@@ -198,12 +198,22 @@ def reference_n_step(row: int, n: int) -> tuple[list[int], list[int], float, flo
     return pixels, next_pixels, reward, 0.0 if ended else GAMMA**m, ended
 
 
-def n_step_replay(capacity: int = 100, batch: int = 256, n: int = 3) -> FrameReplay:
-    return FrameReplay(capacity, FS, batch, (3, SIZE, SIZE), action_dim=2, n_step=n, discount=GAMMA)
+def n_step_replay(capacity: int = 100, batch: int = 256, n: int = 3, partial: bool = False) -> FrameReplay:
+    return FrameReplay(
+        capacity,
+        FS,
+        batch,
+        (3, SIZE, SIZE),
+        action_dim=2,
+        n_step=n,
+        discount=GAMMA,
+        n_step_partial_windows=partial,
+    )
 
 
 def test_n_step_by_hand() -> None:
-    replay = n_step_replay()
+    """With partial windows (`--data.n_step_partial_windows true`): every transition, m = min(n, left)."""
+    replay = n_step_replay(partial=True)
     replay.extend(hand_stream())
     torch.manual_seed(0)
     seen: dict[int, tuple] = {}
@@ -247,6 +257,87 @@ def test_n_step_by_hand() -> None:
     assert seen[11] == ([9, 10, 11], [10, 11, 12], approx(12.0), 0.0, True)
 
 
+def test_n_step_samples_only_full_windows_by_default() -> None:
+    """DrQ-v2's replay: a start index never falls in an episode's last n - 1 transitions, so every
+    sample covers n transitions of its episode (bootstrap γ^n, or 0 when the n-th terminated)."""
+    replay = n_step_replay()
+    assert replay.n_step_partial_windows is False and replay.sampler.partial_windows is False
+    replay.extend(hand_stream())
+    torch.manual_seed(0)
+    seen: dict[int, tuple] = {}
+    for _ in range(4):
+        sample = replay.sample()
+        for k in range(sample.shape[0]):
+            row = int(sample["action"][k, 0])
+            seen[row] = (sample["next", "reward"][k].item(), sample["next", "discount"][k].item())
+            want = reference_n_step(row, 3)
+            assert sample["pixels"][k, ::3, 0, 0].tolist() == want[0]
+            assert sample["next", "pixels"][k, ::3, 0, 0].tolist() == want[1]
+            assert seen[row] == pytest.approx(want[2:4], rel=1e-6)
+    # Episode A (7 steps): 0-4, not its last two; episode B (4 steps, the 4th terminated): 8 and 9, the
+    # latter's window ending with the termination (m = 3, no bootstrap); episode C: nothing complete yet.
+    assert sorted(seen) == [0, 1, 2, 3, 4, 8, 9]
+    assert seen[9] == (pytest.approx(10 + 0.9 * 11 + 0.81 * 12), 0.0)
+    assert all(d == pytest.approx(GAMMA**3) for row, (_, d) in seen.items() if row != 9)
+
+
+def discounts(replay: FrameReplay, batches: int) -> torch.Tensor:
+    torch.manual_seed(0)
+    return torch.cat([replay.sample()["next", "discount"].reshape(-1) for _ in range(batches)])
+
+
+def test_partial_windows_at_250_step_episodes() -> None:
+    """At n = 3 an m < n window is (n - 1) / 250 = 0.8 % of a 250-step episode's transitions (0.4 % at
+    DrQ-v2's 500-step episodes): sampled with the switch, never by default (DMC never terminates)."""
+    steps, episodes, n = 250, 4, 3
+    items = []
+    for e in range(episodes):  # 4 truncated episodes (each with its closing row), then 10 steps of a 5th
+        items += episode_transitions(e * (steps + 1), steps, closes=True, terminates=False)
+    items += episode_transitions(episodes * (steps + 1), 10, closes=False, terminates=False)
+    full, partial = n_step_replay(capacity=2000, batch=1000), n_step_replay(2000, 1000, partial=True)
+    for replay in (full, partial):
+        replay.extend(torch.stack(items))
+    shorter = lambda d: (d > GAMMA**n + 1e-6).float().mean().item()  # noqa: E731 (γ^m > γ^n: m < n)
+    assert shorter(discounts(full, 40)) == 0.0
+    assert discounts(full, 1).min() == pytest.approx(GAMMA**n)  # no termination either
+    # The sampleable transitions: 4 x 250, and the 5th episode's first 7 (its newest n wait for rows after).
+    expected = episodes * (n - 1) / (episodes * steps + 10 - n)  # 8 / 1007 = 0.79 %
+    fraction = shorter(discounts(partial, 40))
+    assert fraction == pytest.approx(expected, abs=0.0015)  # 40,000 samples: standard error 0.00044
+    assert sorted(set(discounts(partial, 20).tolist())) == pytest.approx(
+        [GAMMA**3, GAMMA**2, GAMMA], rel=1e-6
+    )
+
+
+@pytest.mark.parametrize("storage", ["memory", "disk"])
+def test_partial_windows_are_part_of_the_checkpoint(storage: str, tmp_path) -> None:
+    def build(partial: bool) -> FrameReplay:
+        return FrameReplay(
+            100, FS, 64, (3, SIZE, SIZE), 2, n_step=3, discount=GAMMA, storage=storage, scratch_dir=tmp_path,
+            n_step_partial_windows=partial,
+        )  # fmt: skip
+
+    replay = build(True)
+    replay.extend(hand_stream())
+    state = replay.state_dict()
+    assert state["n_step_partial_windows"] is True
+    restored = build(True)
+    restored.load_state_dict(state)
+    assert restored.sampler.partial_windows is True
+    # A checkpoint from before the choice sampled partial windows: restored as such, with a warning.
+    old = {k: v for k, v in state.items() if k != "n_step_partial_windows"}
+    if "sampler" in old:
+        old["sampler"] = {k: v for k, v in old["sampler"].items() if k != "partial_windows"}
+    configured_full = build(False)
+    with pytest.warns(UserWarning, match="n_step_partial_windows=True"):
+        configured_full.load_state_dict(old)
+    assert configured_full.n_step_partial_windows is configured_full.sampler.partial_windows is True
+    torch.manual_seed(0)
+    a = replay.sample()
+    torch.manual_seed(0)
+    assert (configured_full.sample() == a).all()
+
+
 def test_n_step_run_stops_at_termination_and_at_another_episode() -> None:
     """The rules on windows no stream produces: a terminated transition followed by more transitions of
     its episode (stops after it) and a next episode without a closing row (stops before it)."""
@@ -278,7 +369,8 @@ def test_n_step_with_wraparound_matches_collector_transitions(chunk: int) -> Non
     n = 3
     stream = synthetic_stream(episodes=6)
     truth = {int(s["action"][0]): s for s in stream}
-    replay = n_step_replay(capacity=13, batch=512, n=n)  # smaller than two episodes: constant overwriting
+    # smaller than two episodes: constant overwriting; partial windows: every m = 1 … n
+    replay = n_step_replay(capacity=13, batch=512, n=n, partial=True)
     torch.manual_seed(0)
     sampled = set()
     for i in range(0, stream.shape[0], chunk):
@@ -298,6 +390,30 @@ def test_n_step_with_wraparound_matches_collector_transitions(chunk: int) -> Non
             assert sample["next", "discount"][k].item() == pytest.approx(GAMMA**m, rel=1e-6)
             assert not sample["next", "done"][k]
     assert sampled == {1, 2, 3}
+
+
+def test_full_windows_with_wraparound_match_collector_transitions() -> None:
+    n = 3
+    stream = synthetic_stream(episodes=6)
+    truth = {int(s["action"][0]): s for s in stream}
+    replay = n_step_replay(capacity=13, batch=512, n=n)  # the default: full windows only
+    torch.manual_seed(0)
+    starts = set()
+    for i in range(stream.shape[0]):
+        replay.extend(stream[i : i + 1])
+        if replay.rows_written < FS + n + 2:
+            continue
+        sample = replay.sample()
+        for k in range(0, sample.shape[0], 5):
+            key = int(sample["action"][k, 0])
+            starts.add(key % 10)
+            assert torch.equal(sample["pixels"][k], truth[key]["pixels"])
+            assert torch.equal(sample["next", "pixels"][k], truth[key + n - 1]["next", "pixels"])
+            assert sample["next", "reward"][k].item() == pytest.approx(
+                sum(GAMMA**i * (key + i) for i in range(n))
+            )
+        assert sample["next", "discount"].reshape(-1).tolist() == pytest.approx([GAMMA**n] * 512)
+    assert starts == set(range(EPISODE - n + 1))  # never an episode's last n - 1 transitions
 
 
 @pytest.mark.parametrize("storage", ["memory", "disk"])

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from sgqn.app.cli import main
 from sgqn.app.errors import ConfigError
 from sgqn.app.sweeps.spec import load_sweep, parse_overrides
 from sgqn.app.sweeps.table import format_table
@@ -99,6 +100,120 @@ def test_config_templates_and_bad_sweep_files(tmp_path: Path) -> None:
     assert parse_overrides(["--a.b", "1", "--c.d=[x]"]) == {"a.b": "1", "c.d": "[x]"}
     with pytest.raises(ConfigError, match="needs a value"):
         parse_overrides(["--a.b"])
+
+
+def test_environment_variables_with_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = sweep_file(tmp_path)
+    text = path.read_text()
+    path.write_text(text.replace("  data.init_steps: 20", "  data.dmcgb_root: ${SGQN_TEST_ROOT:-null}"))
+    monkeypatch.delenv("SGQN_TEST_ROOT", raising=False)
+    assert dict(load_sweep(path).trials()[0].options)["data.dmcgb_root"] == "null"  # the embedded data
+    monkeypatch.setenv("SGQN_TEST_ROOT", "/data/dmcgb")
+    assert dict(load_sweep(path).trials()[0].options)["data.dmcgb_root"] == "/data/dmcgb"
+    path.write_text(text.replace("  data.init_steps: 20", "  data.dmcgb_root: ${SGQN_TEST_UNSET}"))
+    with pytest.raises(ConfigError, match=r"uses \$\{SGQN_TEST_UNSET\}, which is not set"):
+        load_sweep(path)
+
+
+def _dry_run(capsys: pytest.CaptureFixture[str], path: Path, *extra: str) -> tuple[int, str, str]:
+    """`sgqn sweep -c path --dry-run …` in this process: (exit status, stdout, stderr)."""
+    try:
+        main(["sweep", "-c", str(path), "--dry-run", *extra])
+        code = 0
+    except SystemExit as exit_info:
+        code = int(exit_info.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _edit(text: str, old: str, new: str) -> str:
+    assert old in text, old
+    return text.replace(old, new)
+
+
+# (edit of the sweep file or extra command-line words, the expected error after "sgqn: error: ")
+BAD_SWEEPS = {
+    "grid key": (("  seed: [0, 1]", "  seeds: [0, 1]"), "{path}: grid key 'seeds' is not a sweep field "
+                 "(algorithm, task, seed) or an `sgqn fit` option (did you mean 'seed'?)"),
+    "grid option": (("  seed: [0, 1]", "  seed: [0, 1]\n  model.quantil: [0.5]"), "{path}: grid key "
+                    "'model.quantil' is not a sweep field (algorithm, task, seed) or an `sgqn fit` option "
+                    "(did you mean 'model.sgqn.quantile'?)"),
+    "overrides key": (("  data.init_steps: 20", "  data.init_step: 20"),
+                      "{path}: overrides key 'data.init_step' is not a sweep field (algorithm, task, seed) or an "
+                      "`sgqn fit` option (did you mean 'data.init_steps'"),
+    "renamed key": (("  data.init_steps: 20", "  model.quantile: 0.9"),
+                    "{path}: overrides key 'model.quantile' is not a sweep field (algorithm, task, seed) or an "
+                    "`sgqn fit` option (model.quantile was renamed model.sgqn.quantile)"),
+    "algorithm_overrides key": (
+        ("max_failures: 2", "max_failures: 2\nalgorithm_overrides: {sgqn: {model.sgqn.quantle: 0.9}}"),
+        "{path}: algorithm_overrides.sgqn key 'model.sgqn.quantle' is not a sweep field (algorithm, task, seed) "
+        "or an `sgqn fit` option (did you mean 'model.sgqn.quantile'?)",
+    ),
+    "algorithm_overrides algorithm": (
+        ("max_failures: 2", "max_failures: 2\nalgorithm_overrides: {sgnq: {model.sgqn.quantile: 0.9}}"),
+        "{path}: algorithm_overrides key 'sgnq' is not an algorithm (did you mean 'sgqn'?); valid: sac, svea, "
+        "sgqn, drqv2, drqv2_sgqn",
+    ),
+    "seed": (("  seed: [0, 1]", "  seed: [0, a]"), "{path}: seed 'a' is not a whole number"),
+    "command-line option": (
+        ["--data.num_agnet_steps", "5"],
+        "--data.num_agnet_steps is neither an `sgqn sweep` option nor an `sgqn fit` option (did you mean "
+        "--data.num_agent_steps",
+    ),
+    "sweep option": (["--dry"], "--dry is not an `sgqn sweep` option (did you mean --dry-run?"),
+    "a trial's value": (
+        ("eval.modes: [train]", "eval.modes: [train, video_medium]"),
+        "{path}: trial sac-cartpole_balance-s0: --eval.modes: unknown mode 'video_medium'",
+    ),
+    "a trial's type": (
+        ("  data.init_steps: 20", "  data.init_steps: x"),
+        "{path}: trial sac-cartpole_balance-s0: --data.init_steps: expected int or null, got 'x'",
+    ),
+    "one algorithm's trial": (
+        ("max_failures: 2", "max_failures: 2\nalgorithm_overrides: {sgqn: {data.image_size: 30}}"),
+        "{path}: trial sgqn-cartpole_balance-s0: --data.image_size 30: sgqn's saliency decoder",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(BAD_SWEEPS))
+def test_the_dry_run_checks_every_key_and_trial_in_one_line(
+    case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    path = sweep_file(tmp_path)
+    change, expected = BAD_SWEEPS[case]
+    extra: list[str] = []
+    if isinstance(change, tuple):
+        path.write_text(_edit(path.read_text(), *change))
+    else:
+        extra = change
+    code, out, err = _dry_run(capsys, path, *extra)
+    assert code == 2 and out == ""
+    (line,) = [x for x in err.splitlines() if not x.startswith("(--debug or SGQN_DEBUG=1")]
+    assert line.startswith("sgqn: error: " + expected.format(path=path)), line
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no sweeps/, no mlflow.db
+
+
+def test_the_readme_dry_run_runs_as_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # README: `sgqn sweep -c conf/sweep/cpu_mini.yaml --dry-run`, DMCGB_ROOT unset: the embedded data
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DMCGB_ROOT", raising=False)
+    code, out, err = _dry_run(capsys, REPO / "conf" / "sweep" / "cpu_mini.yaml")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert len(lines) == 9 and all(": sgqn fit " in line for line in lines), out
+    assert all("--data.dmcgb_root null" in line for line in lines)
+    assert "error" not in err and "Seed set" not in err, err
+    assert list(tmp_path.iterdir()) == []
+    # given a DMCGB_ROOT, the trials use it, and the dry run checks it as the sweep would
+    monkeypatch.setenv("DMCGB_ROOT", str(tmp_path / "nope"))
+    code, out, err = _dry_run(capsys, REPO / "conf" / "sweep" / "cpu_mini.yaml")
+    assert code == 2 and out == ""
+    assert "trial sac-cartpole_swingup-s0: --data.dmcgb_root (for eval mode color_hard): " in err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_live_table_lists_every_trial() -> None:
@@ -222,5 +337,11 @@ def test_a_bad_trial_option_fails_before_ray_or_mlflow(tmp_path: Path) -> None:
     path.write_text(path.read_text().replace("eval.modes: [train]", "eval.modes: [train, video_medium]"))
     done = _sweep(tmp_path)
     assert done.returncode == 2
-    assert "trial sac-cartpole_balance-s0: --eval.modes: unknown mode 'video_medium'" in done.stderr
+    line = done.stderr.splitlines()[0]
+    assert line.startswith(
+        f"sgqn: error: {path}: trial sac-cartpole_balance-s0: --eval.modes: unknown mode 'video_medium'"
+    ), done.stderr
     assert not (tmp_path / "sweeps").exists() and not (tmp_path / "mlflow.db").exists()
+    dry = _sweep(tmp_path, "--dry-run")  # the very same check, the very same line
+    assert dry.returncode == 2 and dry.stdout == "" and dry.stderr.splitlines()[0] == line
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]

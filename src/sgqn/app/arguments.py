@@ -15,6 +15,7 @@ from jsonargparse import DefaultHelpFormatter
 from lightning.pytorch.cli import LightningArgumentParser
 
 from sgqn.app.console import fail, one_line
+from sgqn.app.errors import did_you_mean
 
 _UNRECOGNIZED = re.compile(r"unrecognized arguments?:?\s*(.*)", re.IGNORECASE | re.DOTALL)
 _AMBIGUOUS = re.compile(r"ambiguous option:\s*(--[\w.-]+)", re.IGNORECASE)
@@ -25,6 +26,12 @@ _UNKNOWN_KEY = re.compile(
     re.IGNORECASE,
 )
 _NOT_ACCEPTED = re.compile(r"""Option\s+["']([\w.]+)["']\s+is not accepted""", re.IGNORECASE)  # top-level key
+# a value of the wrong type: 'Parser key "model.algorithm": Expected a typing.Literal['sac', …]. Got value: sqgn'
+_BAD_VALUE = re.compile(r"""Parser key\s+["']([\w.]+)["']:\s*(.*?)(?:Got|Given) value:\s*(.*)""", re.DOTALL)
+# `--model.sac.actor_lr -1e-3`: argparse takes a value starting with "-" for an option
+_NO_VALUE = re.compile(r"argument (--[\w.]+)(?:/[-\w]+)?: expected one argument")
+_LITERAL = re.compile(r"Literal\[([^\]]*)\]")
+_LIST = re.compile(r"Expected a <class 'list'>")
 
 # --------------------------------------------------------------------------- renamed options
 
@@ -120,6 +127,49 @@ def typed_options(message: str) -> list[str]:
     return [f"--{key}" for key in keys + _NOT_ACCEPTED.findall(message)]
 
 
+def _choices(literal: str) -> list[str]:
+    """``'sac', 'svea', 1`` (the inside of a ``Literal[…]``) → ``["sac", "svea", "1"]``."""
+    return [c.strip().strip("'\"") for c in literal.split(",") if c.strip()]
+
+
+def bad_value(message: str) -> str | None:
+    """A one-line error for a value of the wrong type or outside a Literal's choices (jsonargparse's says
+    ``Parser key "model.algorithm": Expected a typing.Literal[...]. Got value: sqgn`` over several lines):
+    the option, the value, the near choices and the valid ones. None for any other message."""
+    missing = _NO_VALUE.search(message)
+    if missing:
+        option = missing.group(1)
+        return f"{option} needs a value (one that starts with '-', as -1e-3, is written {option}=VALUE)"
+    match = _BAD_VALUE.search(message)
+    if match is None:
+        return None
+    key, expected, value = match.group(1), match.group(2), match.group(3).strip()
+    option = f"--{key}"
+    literal = _LITERAL.search(expected)
+    if literal:
+        choices = _choices(literal.group(1))
+        return (
+            f"{option}: invalid choice {value!r}{did_you_mean(value, choices)}; valid: {', '.join(choices)}"
+        )
+    if key == "eval.modes":
+        from sgqn.app.validation import valid_modes
+        from sgqn.envs import MODES
+
+        if value in MODES:
+            return f"{option} takes a list of modes: {option} '[{value}]' (a YAML list in a config file)"
+        return (
+            f"{option} takes a list of modes, e.g. {option} '[train,video_hard]' (a YAML list in a config "
+            f"file), not {value!r}{did_you_mean(value, MODES)}; valid modes: {valid_modes()}"
+        )
+    if _LIST.search(expected):
+        return f"{option} takes a list, e.g. {option} '[a,b]' (a YAML list in a config file), not {value!r}"
+    types = list(dict.fromkeys(re.findall(r"Expected a <class '(\w+)'>", expected)))
+    if types:
+        names = " or ".join("null" if t == "NoneType" else t for t in types)
+        return f"{option}: expected {names}, got {value!r}"
+    return None
+
+
 def _with_suggestions(message: str, options: list[str]) -> str:
     hints = []
     for word in typed_options(message):
@@ -202,12 +252,16 @@ class TrainerHelpAction(argparse._HelpAction):
 class SGQNArgumentParser(LightningArgumentParser):
     """LightningCLI's parser. `sgqn fit --help` lists the package's own groups first (an overview, then
     model, data, eval, checkpoint, progress) and leaves Lightning's trainer options to ``--help-trainer``.
-    An error is one line, the error first and alone (jsonargparse prints a hundred-line usage first), with
-    near option names and a pointer to ``--help``; a renamed option's error names the new name.
+    An error is one line, the error first and alone (jsonargparse prints a hundred-line usage first): an
+    unknown option with the near names (options are never abbreviated), or a pointer to ``--help``; a
+    renamed option with its new name; a value of the wrong type or outside its choices with the valid ones.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", HelpFormatter)
+        # Exact names only: argparse would take `--model.sgqn.quantil` for `--model.sgqn.quantile` (and
+        # `--data.tas` for `--data.task`); a typo must fail with the near names instead.
+        kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
@@ -216,10 +270,16 @@ class SGQNArgumentParser(LightningArgumentParser):
         renamed = [m for m in map(renamed_option, typed_options(message)) if m]
         if renamed:
             fail("; ".join(dict.fromkeys(renamed)))
+        value = bad_value(message)
+        if value:
+            fail(one_line(value))
         parser = getattr(ex, "subcommand_parser", None) or _only_subcommand(self)
         options = list(getattr(parser, "_option_string_actions", {}))
         prog = parser.prog.replace(" [options]", "")
-        fail(one_line(_with_suggestions(message, options)), f"see `{prog} --help` for the valid options")
+        line = one_line(_with_suggestions(message, options))
+        if "did you mean" not in line:
+            line += f"; see `{prog} --help` for the valid options"
+        fail(line)
 
     def format_help(self, formatter: Any = None, trainer: bool = False) -> str:
         """The help of `sgqn fit`, laid out as the class says; any other parser's as jsonargparse's."""
@@ -264,6 +324,11 @@ def _only_subcommand(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     return parsers[0] if len(parsers) == 1 else parser
 
 
+def fit_parser_of(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The parser of `fit` within LightningCLI's main parser (whose options are `sgqn fit`'s)."""
+    return _only_subcommand(parser)
+
+
 @contextmanager
 def _replaced(obj: object, **attributes: Any) -> Iterator[None]:
     saved = {name: getattr(obj, name) for name in attributes}
@@ -276,4 +341,12 @@ def _replaced(obj: object, **attributes: Any) -> Iterator[None]:
             setattr(obj, name, value)
 
 
-__all__ = ["RENAMED", "SGQNArgumentParser", "TrainerHelpAction", "renamed_option", "suggest_options"]
+__all__ = [
+    "RENAMED",
+    "SGQNArgumentParser",
+    "TrainerHelpAction",
+    "bad_value",
+    "fit_parser_of",
+    "renamed_option",
+    "suggest_options",
+]

@@ -163,6 +163,32 @@ class EnvStepCheckpoint(ModelCheckpoint):
         return {**super().state_dict(), "cadence": self.cadence.state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = state_dict.get("dirpath")
+        if saved and self.dirpath and saved != self.dirpath and _same_folder(saved, self.dirpath):
+            # The same folder, written relative (`outputs/…`) when saved and absolute now (a resume points
+            # here with the checkpoint's absolute folder): Lightning would forget its `last.ckpt` and
+            # write `last-v1.ckpt` beside it, which `--ckpt_path last` never finds.
+            state_dict = {
+                **state_dict,
+                "dirpath": self.dirpath,
+                **{
+                    key: _in_folder(state_dict[key], self.dirpath)
+                    for key in ("best_model_path", "kth_best_model_path", "last_model_path")
+                    if state_dict.get(key)
+                },
+                "best_k_models": {
+                    _in_folder(k, self.dirpath): v for k, v in state_dict.get("best_k_models", {}).items()
+                },
+            }
         super().load_state_dict(state_dict)
         if "cadence" in state_dict:
             self.cadence.load_state_dict(state_dict["cadence"])
+
+
+def _same_folder(a: str | Path, b: str | Path) -> bool:
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
+def _in_folder(path: str, folder: str | Path) -> str:
+    """`path`'s file name in `folder` (the checkpoint folder under the name it now has)."""
+    return str(Path(folder) / Path(path).name)

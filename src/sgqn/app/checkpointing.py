@@ -134,6 +134,29 @@ class GlobalRngState(Callback):
             torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class LongerRun(Callback):
+    """A finished run resumed with a longer `--data.num_agent_steps` continues to the new length.
+
+    Lightning's loop state in a finished run's checkpoint says that its one epoch (the whole run: the
+    data stream ends at `num_agent_steps`) saw its last batch and was processed, and a resume from it
+    would stop at once. When the data module, restored just before, has agent steps left to run, the
+    state is put back to that of a run interrupted mid-epoch, which resumes.
+    """
+
+    def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict) -> None:
+        data = getattr(trainer, "datamodule", None)  # (set by `fit`; not in the stubs)
+        schedule, stats = getattr(data, "schedule", None), getattr(data, "stats", None)
+        if schedule is None or stats is None or stats.agent_steps >= schedule.num_agent_steps:
+            return
+        loop = checkpoint.get("loops", {}).get("fit_loop", {})
+        batches, epochs = loop.get("epoch_loop.batch_progress"), loop.get("epoch_progress")
+        if isinstance(batches, dict):
+            batches["is_last_batch"] = False
+        if isinstance(epochs, dict):
+            for counts in epochs.values():  # "total", "current"
+                counts["processed"] = counts["completed"]
+
+
 def find_last_checkpoint(root: str | Path) -> Path | None:
     """The newest `last.ckpt` under `root` (run folders: ``<root>/<experiment id>/<run id>/checkpoints``)."""
     root = Path(root)
@@ -143,9 +166,96 @@ def find_last_checkpoint(root: str | Path) -> Path | None:
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
+# --------------------------------------------------------------------------- what a resume may change
+
+# The options a resume may give other values than the checkpoint's (docs/resume.md): the run's length
+# and how the update is computed. Every option outside `model.*` and `data.*` may change too (evaluation,
+# checkpoint and progress cadences, the trainer's), except the MLflow logger's tracking URI and
+# experiment (`sgqn.app.fit.check_same_tracking`). The other `model.*` and `data.*` options define the run.
+RESUMABLE = ("data.num_agent_steps", "model.speed.")
+# Hyper-parameters set from another option (`SGQNCLI.add_arguments_to_parser`'s links): the option the
+# user sets is the one compared and named.
+LINKED = (
+    "model.observation_shape",
+    "model.action_dim",
+    "model.task",
+    "model.overlay_root",
+    "data.discount",
+    "data.learner",
+)
+
+
+def _flat(prefix: str, values: Any) -> dict[str, Any]:
+    """``{"model.sgqn.quantile": 0.98, …}`` from nested hyper-parameters (LightningCLI's ``_…`` keys left
+    out)."""
+    if not isinstance(values, dict):
+        return {prefix: values}
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if not str(key).startswith("_"):
+            out |= _flat(f"{prefix}.{key}", value)
+    return out
+
+
+def _plain(value: Any) -> Any:
+    return [_plain(v) for v in value] if isinstance(value, list | tuple) else value
+
+
+def _replay_capacity(data: dict[str, Any]) -> Any:
+    """The replay capacity `data` (flat ``data.*`` hyper-parameters) used: None means the whole run."""
+    from sgqn.data.replay import default_replay_capacity
+
+    capacity, steps = data.get("data.replay_capacity"), data.get("data.num_agent_steps")
+    return default_replay_capacity(int(steps)) if capacity is None and steps is not None else capacity
+
+
+def kept_replay_capacity(checkpoint: dict[str, Any]) -> int | None:
+    """The replay capacity of the run a checkpoint belongs to (None when it does not say). A resume keeps
+    it: with the default capacity (the whole run) a longer `data.num_agent_steps` does not grow the
+    checkpointed buffer."""
+    data = _flat("data", checkpoint.get("datamodule_hyper_parameters") or {})
+    capacity = _replay_capacity(data)
+    return None if capacity is None else int(capacity)
+
+
+def resume_conflicts(
+    checkpoint: dict[str, Any], model_hparams: Any, data_hparams: Any
+) -> list[tuple[str, Any, Any]]:
+    """The options whose values (`model_hparams`, `data_hparams`: those of the module and data module
+    built for the resume) differ from `checkpoint`'s and may not change on a resume: ``(option, old,
+    new)``. Options only one side knows (another version of sgqn) are not compared."""
+    old = _flat("model", checkpoint.get("hyper_parameters") or {})
+    old |= _flat("data", checkpoint.get("datamodule_hyper_parameters") or {})
+    new = _flat("model", dict(model_hparams)) | _flat("data", dict(data_hparams))
+    for side in (old, new):
+        if "data.replay_capacity" in side:
+            side["data.replay_capacity"] = _replay_capacity(side)
+    return [
+        (key, old[key], new[key])
+        for key in sorted(old.keys() & new.keys())
+        if key not in LINKED and not key.startswith(RESUMABLE) and _plain(old[key]) != _plain(new[key])
+    ]
+
+
+def conflicts_message(where: str, conflicts: list[tuple[str, Any, Any]]) -> str:
+    """One line: which options differ from the run's and what to do instead."""
+    changes = ", ".join(f"{key} {old!r} → {new!r}" for key, old, new in conflicts)
+    return (
+        f"{where} belongs to a run trained with other settings: {changes}; a resume may change only "
+        "data.num_agent_steps, model.speed.* and the eval, checkpoint, progress and trainer options "
+        "(not the MLflow tracking URI or experiment): resume with the run's settings, or start a new "
+        "run in another --trainer.default_root_dir (docs/resume.md)"
+    )
+
+
 __all__ = [
+    "RESUMABLE",
     "AtomicCheckpointIO",
     "GlobalRngState",
+    "LongerRun",
+    "conflicts_message",
     "find_last_checkpoint",
+    "kept_replay_capacity",
     "load_checkpoint_file",
+    "resume_conflicts",
 ]

@@ -99,11 +99,16 @@ def checkpoint_run(path: str | Path) -> tuple[str, str] | None:
 def log_tables_to_runs(
     runs: Sequence[tuple[str, str]], files: Sequence[Path], rows: list[dict[str, Any]]
 ) -> None:
-    """Attach the tables (and final metrics) to MLflow runs, given as (run id, tracking URI)."""
-    from mlflow import MlflowClient
+    """Attach the tables (and final metrics) to MLflow runs, given as (run id, tracking URI); a run whose
+    sqlite store is gone is skipped with a warning (an empty database is not created in its place)."""
+    from sgqn.app.tracking import missing_store, open_client
 
     for run_id, tracking_uri in dict.fromkeys(runs):  # once per run, in order
-        client = MlflowClient(tracking_uri=tracking_uri)
+        missing = missing_store(tracking_uri)
+        if missing:
+            log.warning("run %s: its MLflow store %s does not exist; tables not logged", run_id, missing)
+            continue
+        client = open_client(tracking_uri)
         for file in files:
             client.log_artifact(run_id, str(file), artifact_path="evaluation")
         for row in rows:
@@ -205,7 +210,10 @@ def evaluate_parser() -> argparse.ArgumentParser:
 
 
 def evaluate_main(argv: Sequence[str]) -> None:
-    from sgqn.app.tracking import find_checkpoint, resolve_run
+    """`sgqn evaluate`. An unknown run, or a tracking store that does not exist (nothing is created in
+    its place), is a one-line `ConfigError` naming the store's absolute URI."""
+    from sgqn.app.errors import ConfigError
+    from sgqn.app.tracking import absolute_uri, find_checkpoint, missing_store, open_client, resolve_run
 
     parser = evaluate_parser()
     args = parser.parse_args(list(argv))
@@ -215,17 +223,22 @@ def evaluate_main(argv: Sequence[str]) -> None:
         parser.error(f"--workers must be >= 0, got {args.workers}")
     runs: dict[str, tuple[str, str] | None] = {p: None for p in args.ckpt}  # None: read from the file
     if args.run:
-        from mlflow import MlflowClient
-
-        client = MlflowClient(tracking_uri=args.tracking_uri)
+        uri = absolute_uri(args.tracking_uri)  # what the messages cite
+        missing = missing_store(uri)
+        if missing:
+            raise ConfigError(
+                f"--run {args.run[0]}: no MLflow store at {missing} (the file does not exist); run in the "
+                "folder that holds mlflow.db, or give --tracking-uri"
+            )
+        client = open_client(uri)
         for run in args.run:
             try:
                 run_id = resolve_run(client, run, args.experiment).info.run_id
-                found = find_checkpoint(run_id, args.tracking_uri, args.which)
+                found = find_checkpoint(run_id, uri, args.which)
             except (LookupError, FileNotFoundError) as err:  # one line, not a traceback
-                parser.error(f"--run {run}: {err}")
+                raise ConfigError(f"--run {run}: {err}") from None
             log.info("run %s: %s", run, found)
-            runs[str(found)] = (run_id, args.tracking_uri)
+            runs[str(found)] = (run_id, uri)
     per_checkpoint = {
         p: evaluate_checkpoint(p, args.modes, args.episodes, args.seed_offset, args.workers) for p in runs
     }

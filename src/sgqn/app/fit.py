@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,16 +17,22 @@ from sgqn.app.quiet import quiet_dependencies
 
 quiet_dependencies()  # before the imports below, which warn at import time
 
+from jsonargparse._actions import _ActionPrintConfig  # noqa: E402
 from lightning.pytorch import Trainer  # noqa: E402
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI  # noqa: E402
 from lightning.pytorch.loggers import MLFlowLogger  # noqa: E402
 
+from sgqn.algorithms import ALGORITHMS  # noqa: E402
 from sgqn.app.arguments import SGQNArgumentParser, TrainerHelpAction  # noqa: E402
 from sgqn.app.callbacks import EnvStepCheckpoint, TrainingProgress  # noqa: E402
 from sgqn.app.checkpointing import (  # noqa: E402
     GlobalRngState,
+    LongerRun,
+    conflicts_message,
     find_last_checkpoint,
+    kept_replay_capacity,
     load_checkpoint_file,
+    resume_conflicts,
 )
 from sgqn.app.console import fit_summary  # noqa: E402
 from sgqn.app.dead_runs import mark_dead_runs_of  # noqa: E402
@@ -35,6 +42,9 @@ from sgqn.app.tracking import (  # noqa: E402
     MLflowSaveConfig,
     RecordRunId,
     SGQNMLFlowLogger,
+    absolute_uri,
+    holds_run,
+    missing_store,
     name_run,
     run_name,
     run_tags,
@@ -42,11 +52,13 @@ from sgqn.app.tracking import (  # noqa: E402
 from sgqn.app.validation import (  # noqa: E402
     ConfigError,
     check_free_disk,
+    check_seed,
     checkpoint_bytes,
     resolved_data_params,
     validate_fit_config,
 )
 from sgqn.data.datamodule import DMCDataModule  # noqa: E402
+from sgqn.envs.tasks import REFERENCE_OPTIONS, TASK_DEFAULTS, resolve_settings  # noqa: E402
 from sgqn.training.module import AgentModule  # noqa: E402
 
 
@@ -54,6 +66,7 @@ class SGQNCLI(LightningCLI):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.started = time.perf_counter()
         self.started_at = time.time()  # the run name's timestamp
+        self.resume: Resume | None = None  # the checkpoint resumed from (`_parse_ckpt_path`)
         super().__init__(*args, **kwargs)
 
     @staticmethod
@@ -62,16 +75,37 @@ class SGQNCLI(LightningCLI):
         # and `predict` could only crash; evaluation is `sgqn evaluate` and the `eval` callback.
         return {"fit": LightningCLI.subcommands()["fit"]}
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        # `--print_config` prints the options left None as what they resolve to (`resolve_reference_options`):
+        # jsonargparse would print them while parsing, before any hook; they are printed here instead.
+        with _ActionPrintConfig.skip_print_config():
+            super().parse_arguments(parser, args)
+        if _ActionPrintConfig.is_print_config_requested(parser):
+            if self.config.get("subcommand") == "fit":
+                resolve_reference_options(self.config["fit"])
+            _ActionPrintConfig.print_config_if_requested(parser, self.config)
+
+    def _set_seed(self) -> None:
+        # Lightning seeds before `before_instantiate_classes`, and fails on a seed numpy refuses with a
+        # traceback: the seed is checked first.
+        if self.subcommand == "fit":
+            check_seed(self.config["fit"]["data"].get("seed"))
+        super()._set_seed()
+
     def _parse_ckpt_path(self) -> None:
         # Lightning's version loads the whole checkpoint (replay included) to re-apply its hyper-parameters,
         # and fails on a corrupt file with torch's advice to load it unsafely. A resume is the same command
-        # line: we only find the checkpoint, check it, and point the logger and checkpoints at its run.
+        # line: we only find the checkpoint, check it, and point the logger and checkpoints at its run
+        # (`after_instantiate_classes` compares the settings built with the checkpoint's).
         if self.config.get("subcommand") == "fit":
-            resume_from_checkpoint(self.config["fit"])
+            self.resume = resume_from_checkpoint(self.config["fit"])
 
     def before_instantiate_classes(self) -> None:
         # Before any env, trainer or MLflow run exists: a bad value fails in a second, leaving no run.
         if self.subcommand == "fit":
+            # The options left None become the learner's reference for the task: what is checked,
+            # built, saved as config.yaml and logged as params.
+            resolve_reference_options(self.config["fit"])
             validate_fit_config(self.config["fit"])
 
     def after_instantiate_classes(self) -> None:
@@ -79,6 +113,11 @@ class SGQNCLI(LightningCLI):
             return
         # Still before the MLflow run: it is created lazily, when training starts.
         config = self.config["fit"]
+        if self.resume is not None:  # the settings built are the checkpoint's, but for what may change
+            conflicts = resume_conflicts(self.resume.hparams, self.model.hparams, self.datamodule.hparams)
+            if conflicts:
+                raise ConfigError(conflicts_message(f"checkpoint {self.resume.path}", conflicts))
+            print(f"sgqn: resuming {self.resume.path} (MLflow run {self.resume.run_id})", file=sys.stderr)
         parameters = sum(p.numel() for p in self.model.parameters())
         trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         every = config["checkpoint"]["every_agent_steps"]
@@ -94,6 +133,7 @@ class SGQNCLI(LightningCLI):
         resolved = resolved_data_params(
             dict(self.datamodule.hparams) | {"overlay_root": self.model.overlay_root}
         )
+        resolved["eval_every_agent_steps"] = config["eval"]["every_agent_steps"]  # resolved before
         if algorithm in ("sgqn", "drqv2_sgqn"):
             resolved["quantile"] = self.model.quantile  # the task's rho when the config says null
         for logger in self.trainer.loggers:
@@ -124,6 +164,8 @@ class SGQNCLI(LightningCLI):
         parser.link_arguments("data.places_root", "model.overlay_root")  # one image source for both
         parser.link_arguments("model.discount", "data.discount")  # the n-step replay sums with the same γ
         parser.link_arguments("data.task", "model.task")  # the task's default rho (`sgqn.envs.TASK_DEFAULTS`)
+        # The data module's options left None are the learner's reference (`resolve_reference_options`).
+        parser.link_arguments("model.algorithm", "data.learner", compute_fn=learner_of)
         # One seed per run: `--data.seed N` also seeds torch (network init, warm-up actions, augmentation
         # and policy noise); otherwise runs "of different seeds" would share all of those.
         parser.link_arguments("data.seed", "seed_everything")
@@ -153,10 +195,44 @@ class SGQNCLI(LightningCLI):
         )
 
 
-def resume_from_checkpoint(config: Any) -> None:
+def learner_of(algorithm: str) -> str:
+    """The value learner of an algorithm (``sgqn`` → ``sac``, ``drqv2_sgqn`` → ``drqv2``)."""
+    return ALGORITHMS[algorithm][0] if algorithm in ALGORITHMS else "sac"
+
+
+def resolve_reference_options(config: Any) -> dict[str, Any]:
+    """Fill the options of a parsed `sgqn fit` config (`cli.config["fit"]`) left None that mean "the
+    learner's reference for the task" (`sgqn.envs.tasks.REFERENCE_OPTIONS`: ``--data.n_step``,
+    ``--data.batch_size``, ``--data.num_agent_steps``, ``--eval.every_agent_steps``,
+    ``--model.drqv2.stddev_steps``, …) with `sgqn.envs.tasks.resolve_settings`, in place; an explicit
+    value is kept. Returns option → value. An unknown task resolves without its per-task settings (the
+    validation that follows names it)."""
+    task = config["data"]["task"]
+    given = {option: config.get(option) for option in REFERENCE_OPTIONS}
+    resolved = resolve_settings(
+        learner_of(config["model"]["algorithm"]), task if task in TASK_DEFAULTS else None, given
+    )
+    for option, value in resolved.items():
+        if option in config:
+            config[option] = value
+    return resolved
+
+
+@dataclass
+class Resume:
+    """The checkpoint a `sgqn fit` resumes from: its path, MLflow run and hyper-parameters (compared with
+    those of the module and data module built, `sgqn.app.checkpointing.resume_conflicts`)."""
+
+    path: str
+    run_id: str
+    hparams: dict[str, Any]
+
+
+def resume_from_checkpoint(config: Any) -> Resume | None:
     """Resolve `--ckpt_path last|FILE` / `--resume auto` into the checkpoint to load, and point the MLflow
     logger at the run that checkpoint belongs to (reopened, never a new run) and the checkpoint callback
-    at its folder. A missing or corrupt checkpoint is a one-line `ConfigError` naming the file."""
+    at its folder; the replay keeps the checkpoint's capacity. A missing or corrupt checkpoint, or another
+    MLflow tracking URI or experiment than the run's, is a one-line `ConfigError`. None: a new run."""
     ckpt, root = (
         config.get("ckpt_path"),
         config["checkpoint"]["dirpath"] or config["trainer"]["default_root_dir"],
@@ -166,20 +242,53 @@ def resume_from_checkpoint(config: Any) -> None:
         if found is None:
             if ckpt == "last":
                 raise ConfigError(f"--ckpt_path last: no last.ckpt under {root}; nothing to resume")
-            return  # --resume auto with nothing to resume: a new run
+            return None  # --resume auto with nothing to resume: a new run
         ckpt = str(found)
     if ckpt is None:
-        return
+        return None
     checkpoint = load_checkpoint_file(ckpt, map_location="cpu", mmap=True)
-    config["ckpt_path"] = ckpt
-    config["checkpoint"]["dirpath"] = str(Path(ckpt).resolve().parent)
-    run = checkpoint.get("mlflow")
+    run: dict[str, Any] = checkpoint.get("mlflow") or {}
     logger = config["trainer"].get("logger")
+    init_args = None
     if run and logger is not None and not isinstance(logger, bool | list):
         init_args = logger["init_args"]
+        check_same_tracking(f"checkpoint {ckpt}", run, init_args)
+    # Nothing is changed before the checks above.
+    config["ckpt_path"] = ckpt
+    config["checkpoint"]["dirpath"] = str(Path(ckpt).resolve().parent)
+    if init_args is not None:
         init_args["run_id"] = run["run_id"]
         init_args["tracking_uri"] = init_args.get("tracking_uri") or run["tracking_uri"]
-    print(f"sgqn: resuming {ckpt} (MLflow run {run['run_id'] if run else 'unknown'})", file=sys.stderr)
+    capacity = kept_replay_capacity(checkpoint)
+    if "data" in config and config["data"].get("replay_capacity") is None and capacity is not None:
+        config["data"]["replay_capacity"] = capacity  # a longer run does not grow the checkpointed replay
+    hparams = {key: checkpoint.get(key) or {} for key in ("hyper_parameters", "datamodule_hyper_parameters")}
+    return Resume(ckpt, run.get("run_id", "unknown"), hparams)
+
+
+def check_same_tracking(where: str, run: dict[str, Any], init_args: Any) -> None:
+    """A resume logs into the checkpoint's run: a tracking URI given for it must be the run's store (or
+    one that holds the run, e.g. the database moved), an experiment name the run's; else a one-line
+    `ConfigError`, as when the store the checkpoint names is gone and no other is given."""
+    recorded, run_id = run["tracking_uri"], run["run_id"]
+    uri = init_args.get("tracking_uri")
+    conflicts = []
+    if uri and absolute_uri(uri) != absolute_uri(recorded) and not holds_run(uri, run_id):
+        conflicts.append(f"tracking_uri {recorded!r} → {uri!r}")
+    name = init_args.get("experiment_name")
+    if name and run.get("experiment_name") and name != run["experiment_name"]:
+        conflicts.append(f"experiment_name {run['experiment_name']!r} → {name!r}")
+    if conflicts:
+        raise ConfigError(
+            f"{where} belongs to MLflow run {run_id} with other logger settings: "
+            f"trainer.logger.init_args.{', trainer.logger.init_args.'.join(conflicts)}; a resume logs into "
+            "that run: leave them out or give the run's"
+        )
+    if not uri and missing_store(recorded):
+        raise ConfigError(
+            f"{where} belongs to MLflow run {run_id} in {absolute_uri(recorded)}, which does not exist; "
+            "give the store that holds the run with --trainer.logger.init_args.tracking_uri"
+        )
 
 
 def cli_main(args: Sequence[str] | None = None, cli_class: type[SGQNCLI] = SGQNCLI) -> SGQNCLI:
@@ -192,10 +301,11 @@ def cli_main(args: Sequence[str] | None = None, cli_class: type[SGQNCLI] = SGQNC
         # The module optimises manually with several optimizers: Lightning's `--optimizer` /
         # `--lr_scheduler` flags would replace them with one and crash.
         auto_configure_optimizers=False,
-        # Atomic checkpoint writes; the MLflow run id and the global RNGs go into every checkpoint. The
-        # plugin is a class path: jsonargparse cannot serialise an instance and warned on every run.
+        # Atomic checkpoint writes; the MLflow run id and the global RNGs go into every checkpoint; a
+        # finished run resumed with a longer run length continues (`LongerRun`). The plugin is a class
+        # path: jsonargparse cannot serialise an instance and warned on every run.
         trainer_defaults={
-            "callbacks": [RecordRunId(), GlobalRngState()],
+            "callbacks": [RecordRunId(), GlobalRngState(), LongerRun()],
             "plugins": [{"class_path": "sgqn.app.checkpointing.AtomicCheckpointIO"}],
         },
         args=None if args is None else list(args),
@@ -222,4 +332,13 @@ def check_fit_args(args: Sequence[str]) -> None:
     raise AssertionError("the check-only CLI always stops before instantiating")  # pragma: no cover
 
 
-__all__ = ["SGQNCLI", "check_fit_args", "cli_main", "resume_from_checkpoint"]
+__all__ = [
+    "SGQNCLI",
+    "Resume",
+    "check_fit_args",
+    "check_same_tracking",
+    "cli_main",
+    "learner_of",
+    "resolve_reference_options",
+    "resume_from_checkpoint",
+]

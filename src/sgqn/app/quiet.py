@@ -27,6 +27,9 @@ NOISY_LOG_MESSAGES: dict[str, tuple[str, ...]] = {
         # one epoch is the whole run here (the stream ends after `data.num_agent_steps`): the normal end
         r"^`Trainer\.fit` stopped: `max_epochs=1` reached",
     ),
+    # "Seed set to 0" before any check: a bad value's error would not be the one line on stderr (the seed
+    # is in the run's name, tags and params)
+    "lightning.fabric.utilities.seed": (r"Seed set to -?\d+$",),
     "lightning.pytorch.loggers.mlflow": (r"^Experiment with name .* not found\. Creating it\.",),
     "mlflow.store.db.utils": (r"^Creating initial MLflow database tables", r"^Updating database tables"),
     "alembic.runtime.migration": (r"^Context impl ", r"^Will assume ", r"^Running upgrade "),

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -36,6 +38,75 @@ def sqlite_path(uri: str) -> Path | None:
         return None
     path = uri[len(prefix) :].split("?")[0]
     return None if path in ("", ":memory:") else Path(path)
+
+
+def absolute_uri(uri: str) -> str:
+    """A sqlite URI with its database's absolute, normalised path (``sqlite:///mlflow.db`` in /work →
+    ``sqlite:////work/mlflow.db``): one store, one name. Other URIs unchanged."""
+    path = sqlite_path(uri)
+    if path is None:
+        return uri
+    query = uri.partition("?")[1] + uri.partition("?")[2]
+    return f"sqlite:///{path.expanduser().resolve()}{query}"
+
+
+def missing_store(uri: str) -> str | None:
+    """The absolute URI of a sqlite store whose file does not exist (opening it would create an empty
+    one), else None: commands that only read runs refuse it instead of leaving an empty database."""
+    path = sqlite_path(uri)
+    return absolute_uri(uri) if path is not None and not path.is_file() else None
+
+
+def holds_run(uri: str, run_id: str) -> bool:
+    """Does the store at `uri` hold the run `run_id`? (A missing sqlite file is not created.)"""
+    from mlflow.exceptions import MlflowException
+
+    if missing_store(uri):
+        return False
+    try:
+        open_client(uri).get_run(run_id)
+    except MlflowException:
+        return False
+    return True
+
+
+@contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Hold an exclusive lock shared by every process using the sqlite store at `uri` (``flock`` on
+    ``<database>.lock`` beside it; a no-op for other stores).
+
+    MLflow creates a new sqlite store by running its schema migrations, with no lock: two `sgqn fit`
+    started at the same moment in a new folder both migrated ``mlflow.db`` and one crashed (alembic's
+    "Online migration expected to match one row"). They, and the creation of an experiment and of a
+    run's unique name, happen under this lock.
+    """
+    path = sqlite_path(uri)
+    if path is None:
+        yield
+        return
+    path = path.expanduser().resolve()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)  # as MLflow does for the database
+        lock = path.with_name(path.name + ".lock").open("a")
+    except OSError:  # a read-only folder: nothing can be created there, and there is nothing to guard
+        yield
+        return
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def open_client(uri: str | None = None) -> MlflowClient:
+    """An `MlflowClient` on `uri` (default `default_tracking_uri`; a sqlite path made absolute); a new
+    sqlite store is created (its schema migrated) by one process at a time (`store_lock`)."""
+    from mlflow import MlflowClient
+
+    uri = absolute_uri(uri or default_tracking_uri())  # (MLflow caches a store by its URI)
+    with store_lock(uri):
+        return MlflowClient(tracking_uri=uri)
 
 
 # --------------------------------------------------------------------------- run names, tags, params
@@ -115,7 +186,9 @@ class SGQNMLFlowLogger(MLFlowLogger):
             path the run records in its ``checkpoint_dir`` tag (uploading doubles the disk use; turn
             it on when the run's machine will not be reachable, e.g. with a remote tracking server).
         artifact_location: where a *new* experiment stores artifacts (default: MLflow's).
-        run_id: log into an existing run (resume).
+        run_id: log into an existing run (resume). Params it already holds with another value (those a
+            resume may change, docs/resume.md) are not logged again (MLflow refuses that): the new value
+            goes into the run's ``resumed/<param>`` tag.
     """
 
     def __init__(
@@ -128,45 +201,52 @@ class SGQNMLFlowLogger(MLFlowLogger):
         artifact_location: str | None = None,
         run_id: str | None = None,
     ) -> None:
-        super().__init__(
-            experiment_name=experiment_name,
-            run_name=run_name,
-            tracking_uri=tracking_uri or default_tracking_uri(),
-            tags=tags,
-            save_dir=None,
-            log_model=log_model,
-            artifact_location=artifact_location,
-            run_id=run_id,
-        )
+        # Absolute: MLflow caches a store by its URI, and a relative sqlite one names another file after a
+        # change of working directory (in-process fits).
+        tracking_uri = absolute_uri(tracking_uri or default_tracking_uri())
+        with store_lock(tracking_uri):  # Lightning's logger opens the store (creating a new one) here
+            super().__init__(
+                experiment_name=experiment_name,
+                run_name=run_name,
+                tracking_uri=tracking_uri,
+                tags=tags,
+                save_dir=None,
+                log_model=log_model,
+                artifact_location=artifact_location,
+                run_id=run_id,
+            )
         # Values that replace what the hyper-parameters say when they are logged, e.g. the resolved
         # `action_repeat` for ``None`` (set by the CLI, which knows the defaults that apply).
         self.resolved_params: dict[str, Any] = {}
         # The run name was generated (not the user's): add "-2", "-3", … if the experiment has it already.
         self.unique_name = False
         self._logged_until: dict[str, int] = {}  # resumed run: the last step of each metric it holds
+        self._resumed = run_id is not None
 
     @property
     @rank_zero_experiment
     def experiment(self) -> Any:
         if self._initialized:
             return self._mlflow_client
-        resumed = self._run_id is not None
         # The process that owns the run: `sgqn.app.dead_runs` marks a RUNNING run KILLED once it is gone.
         owner = {"pid": str(os.getpid()), "host": socket.gethostname()}
-        if not resumed:
+        if self._run_id is None:
             if self._run_name is None:
                 self._run_name, self.unique_name = run_name("sgqn"), True
-            if self.unique_name:
-                self._run_name = self._unused_name(self._run_name)
             self.tags = {**(self.tags or {}), **owner}
+            # Runs started side by side: one creates the experiment, each gets a name of its own.
+            with store_lock(self._tracking_uri):
+                if self.unique_name:
+                    self._run_name = self._unused_name(self._run_name)
+                return super().experiment
         client = super().experiment
-        if resumed:  # running again, under this process; `resumes` counts the interruptions
-            previous = client.get_run(str(self._run_id)).data.tags.get("resumes", "0")
-            owner["resumes"] = str(int(previous) + 1 if previous.isdigit() else 1)
-            for key, value in owner.items():
-                client.set_tag(self._run_id, key, value)
-            client.update_run(self._run_id, status="RUNNING")
-            self._logged_until = logged_steps(client, str(self._run_id))
+        # Resumed: running again, under this process; `resumes` counts the interruptions.
+        previous = client.get_run(str(self._run_id)).data.tags.get("resumes", "0")
+        owner["resumes"] = str(int(previous) + 1 if previous.isdigit() else 1)
+        for key, value in owner.items():
+            client.set_tag(self._run_id, key, value)
+        client.update_run(self._run_id, status="RUNNING")
+        self._logged_until = logged_steps(client, str(self._run_id))
         return client
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
@@ -194,8 +274,23 @@ class SGQNMLFlowLogger(MLFlowLogger):
         # LightningCLI adds `_instantiator` / `_class_path` to the saved hyper-parameters: plumbing, not
         # settings of the run.
         items = dict(params) if isinstance(params, Mapping) else dict(vars(params))
-        kept = {k: v for k, v in items.items() if not str(k).startswith("_")}
-        super().log_hyperparams(kept | self.resolved_params)
+        kept = {k: v for k, v in items.items() if not str(k).startswith("_")} | self.resolved_params
+        if self._resumed:
+            kept = self._params_unchanged(kept)
+        super().log_hyperparams(kept)
+
+    def _params_unchanged(self, params: dict[str, Any]) -> dict[str, Any]:
+        # MLflow params cannot change: in a resumed run, the settings a resume may change (`sgqn fit`
+        # refuses the others first) keep the value the run started with; the new one becomes a tag.
+        from lightning.fabric.utilities.logger import _convert_params, _flatten_dict
+
+        flat = _flatten_dict(_convert_params(params))
+        client, run_id = self.experiment, str(self.run_id)
+        logged = client.get_run(run_id).data.params
+        changed = {k: str(v)[:250] for k, v in flat.items() if k in logged and logged[k] != str(v)[:250]}
+        for key, value in changed.items():
+            client.set_tag(run_id, f"resumed/{key}", value)
+        return {k: v for k, v in flat.items() if k not in changed}
 
 
 def logged_steps(client: MlflowClient, run_id: str) -> dict[str, int]:
@@ -224,7 +319,11 @@ class RecordRunId(Callback):
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict) -> None:
         for logger in trainer.loggers:
             if isinstance(logger, MLFlowLogger):
-                checkpoint["mlflow"] = {"run_id": logger.run_id, "tracking_uri": logger._tracking_uri}
+                checkpoint["mlflow"] = {
+                    "run_id": logger.run_id,
+                    "tracking_uri": absolute_uri(logger._tracking_uri),  # resumable from another folder
+                    "experiment_name": logger._experiment_name,
+                }
 
 
 # --------------------------------------------------------------------------- checkpoints of a run
@@ -238,7 +337,7 @@ def experiment_ids(client: MlflowClient, experiment: str | None = None) -> list[
         return [e.experiment_id for e in client.search_experiments()]
     found = client.get_experiment_by_name(experiment)
     if found is None:
-        raise LookupError(f"no MLflow experiment named {experiment!r} at {client.tracking_uri}")
+        raise LookupError(f"no MLflow experiment named {experiment!r} at {absolute_uri(client.tracking_uri)}")
     return [found.experiment_id]
 
 
@@ -258,7 +357,9 @@ def resolve_run(client: MlflowClient, run: str, experiment: str | None = None) -
     )
     if not runs:
         where = f"experiment {experiment!r}" if experiment else "any experiment"
-        raise LookupError(f"no MLflow run with id or name {run!r} in {where} at {client.tracking_uri}")
+        raise LookupError(
+            f"no MLflow run with id or name {run!r} in {where} at {absolute_uri(client.tracking_uri)}"
+        )
     if len(runs) > 1:
         log.warning("%d runs are named %r; using the newest, %s", len(runs), run, runs[0].info.run_id)
     return runs[0]
@@ -294,9 +395,7 @@ def find_checkpoint(
         LookupError: no such run.
         FileNotFoundError: the run has the checkpoint neither in its folder nor as an artifact.
     """
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri or default_tracking_uri())
+    client = open_client(tracking_uri)
     found = resolve_run(client, run, experiment)
     run_id = found.info.run_id
     filename = which if which.endswith(".ckpt") else f"{which}.ckpt"

@@ -7,9 +7,11 @@ and the sampler returns windows of `frame_stack + n_step` rows that `StackFrames
 `pixels` / `("next", "pixels")`, repeating the first frame of an episode exactly as the env's
 `CatFrames(padding="same")` does at reset.
 
-With `n_step` n > 1 a sampled transition covers up to n consecutive transitions of its episode (its
-n-step return, as DrQ-v2 learns from): the window's extra rows hold the later transitions' rewards and the
+With `n_step` n > 1 a sampled transition covers n consecutive transitions of its episode (its n-step
+return, as DrQ-v2 learns from): the window's extra rows hold the later transitions' rewards and the
 frames of the observation n steps on, and `StackFrames` adds the bootstrap factor `("next", "discount")`.
+As DrQ-v2's replay, an episode's last n − 1 transitions start no sample (their n transitions would leave
+the episode); with `n_step_partial_windows` they do, covering the m < n transitions left (bootstrap γ^m).
 
 Rows follow one contiguous stream of transitions (one env, as DMC-GB trains). Each episode ends with a
 closing row that holds the final next-frame and starts no transition.
@@ -68,6 +70,9 @@ class FrameReplay:
             a restored buffer serves the n of its checkpoint.
         discount: γ used only to sum n-step rewards and as the base of `("next", "discount")`; the
             learner's own discount must match. Part of the checkpoint, like `n_step`.
+        n_step_partial_windows: with n > 1, also sample the last n − 1 transitions of each episode
+            (an m-step return, m < n, bootstrapped with γ^m); False (DrQ-v2's replay): only transitions
+            whose n transitions all lie in their episode. Part of the checkpoint, like `n_step`.
         pin_memory: sampled batches in page-locked memory (for a learner on a CUDA device; the storage
             itself stays in pageable RAM or on disk).
     """
@@ -86,6 +91,7 @@ class FrameReplay:
         n_step: int = 1,
         discount: float = 0.99,
         pin_memory: bool = False,
+        n_step_partial_windows: bool = False,
     ) -> None:
         slots = capacity + spare_rows
         self.pin_memory = pin_memory
@@ -104,7 +110,7 @@ class FrameReplay:
             store = GatherMemmapStorage(slots, self.scratch_dir)
         else:
             raise ValueError(f"replay storage must be 'memory' or 'disk', got {storage!r}")
-        self.sampler = FrameStackSampler(frame_stack, capacity, n_step)
+        self.sampler = FrameStackSampler(frame_stack, capacity, n_step, n_step_partial_windows)
         self.transform = StackFrames(frame_stack, n_step, discount)
         self.buffer = TensorDictReplayBuffer(
             storage=store,
@@ -114,6 +120,7 @@ class FrameReplay:
         )
         self.rows_written = 0
         self.n_step, self.discount = n_step, discount
+        self.n_step_partial_windows = n_step_partial_windows
 
     @classmethod
     def from_settings(
@@ -142,17 +149,25 @@ class FrameReplay:
             n_step=settings.n_step,
             discount=settings.discount,
             pin_memory=pin_memory,
+            n_step_partial_windows=settings.n_step_partial_windows,
         )
 
-    def _set_n_step(self, n_step: int, discount: float) -> None:
+    def _set_n_step(self, n_step: int, discount: float, partial_windows: bool) -> None:
         if (n_step, discount) != (self.n_step, self.discount):
             warnings.warn(
                 f"the checkpointed replay serves {n_step}-step returns with discount {discount}, not the "
                 f"configured {self.n_step}-step with {self.discount}: restoring the checkpoint's",
                 stacklevel=3,
             )
-        self.n_step, self.discount = n_step, discount
-        self.sampler.n_step = n_step
+        if n_step > 1 and partial_windows != self.n_step_partial_windows:
+            warnings.warn(
+                f"the checkpointed replay samples n-step windows with n_step_partial_windows="
+                f"{partial_windows}, not the configured {self.n_step_partial_windows}: restoring the "
+                "checkpoint's",
+                stacklevel=3,
+            )
+        self.n_step, self.discount, self.n_step_partial_windows = n_step, discount, partial_windows
+        self.sampler.n_step, self.sampler.partial_windows = n_step, partial_windows
         self.sampler._offsets = torch.arange(-self.sampler.frame_stack + 1, n_step + 1)
         self.transform.n_step, self.transform.discount = n_step, discount
 
@@ -188,6 +203,7 @@ class FrameReplay:
                 "rows_written": self.rows_written,
                 "n_step": self.n_step,
                 "discount": self.discount,
+                "n_step_partial_windows": self.n_step_partial_windows,
             }
         self.flush()
         storage = self.buffer.storage
@@ -202,6 +218,7 @@ class FrameReplay:
             "rows_written": self.rows_written,
             "n_step": self.n_step,
             "discount": self.discount,
+            "n_step_partial_windows": self.n_step_partial_windows,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -210,12 +227,14 @@ class FrameReplay:
         if kind != self.storage_kind:
             raise ValueError(f"cannot load a {kind} replay state into a {self.storage_kind} replay")
         self.rows_written = state["rows_written"]
-        # A checkpoint from before n-step replay keeps this replay's settings.
+        # A checkpoint from before n-step replay keeps this replay's settings; one from before the choice
+        # of full windows sampled the partial ones too.
         n_step, discount = state.get("n_step", self.n_step), state.get("discount", self.discount)
+        partial = state.get("n_step_partial_windows", True)
         if kind == "memory":
             self.buffer.load_state_dict(state["buffer"])
             self.sampler.rows_written = self.rows_written
-            self._set_n_step(n_step, discount)
+            self._set_n_step(n_step, discount, partial)
             return
         storage = self.buffer.storage
         assert isinstance(storage, GatherMemmapStorage)
@@ -226,7 +245,7 @@ class FrameReplay:
         self.buffer._writer.load_state_dict(state["writer"])
         self.sampler.load_state_dict(state["sampler"])
         self.sampler.rows_written = self.rows_written
-        self._set_n_step(n_step, discount)
+        self._set_n_step(n_step, discount, partial)
         if state["initialized"]:
             storage.reopen(state["len"])
             self._warn_lost_rows()

@@ -26,6 +26,7 @@ class StackFrames(Transform):
     (window positions `m … m+fs-1`, left-clamped at the episode's first row like `pixels`),
     `("next", "terminated")`/`("next", "done")` say whether one of the m transitions terminated, and
     `("next", "discount") = γ^m`, or 0 after a termination, is the factor of the bootstrap value.
+    `FrameStackSampler` serves full windows (m = n) unless its `partial_windows` is set.
     With n = 1 the output is the one-step transition, without a discount key.
     """
 

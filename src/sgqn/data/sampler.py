@@ -23,14 +23,21 @@ class FrameStackSampler(Sampler):
     A window is sampleable when every slot still holds its id (nothing overwritten or not yet written),
     its last row is written (`id < rows_written`) and all its ids lie among the newest `capacity` rows.
     The last check makes a disk buffer with spare slots sample exactly what a `capacity`-slot buffer does.
-    For n > 1 the newest n - 1 transitions wait for the rows after them, even where their episode ended.
+    For n > 1 the newest n - 1 transitions wait for the rows after them, even where their episode ended,
+    and, unless `partial_windows`, a transition is sampleable only when its n transitions `k … k+n-1` all
+    belong to its episode (rows that start transitions, at consecutive episode steps), as DrQ-v2's replay
+    draws start indices only up to an episode's length minus n: an episode's last n - 1 transitions start
+    no sample. `partial_windows` samples them too, with the m < n transitions left (`StackFrames`).
     """
 
-    def __init__(self, frame_stack: int, capacity: int | None = None, n_step: int = 1) -> None:
+    def __init__(
+        self, frame_stack: int, capacity: int | None = None, n_step: int = 1, partial_windows: bool = False
+    ) -> None:
         if n_step < 1:
             raise ValueError(f"n_step must be at least 1, got {n_step}")
         self.frame_stack = frame_stack
         self.n_step = n_step
+        self.partial_windows = partial_windows
         self.capacity = capacity  # rows kept; None = the storage size
         self.rows_written = 0  # set by FrameReplay after each write
         self._offsets = torch.arange(-frame_stack + 1, n_step + 1)
@@ -52,6 +59,12 @@ class FrameStackSampler(Sampler):
             & (window_ids[:, -1] < self.rows_written)
             & data[VALID][rows].reshape(-1)
         )
+        if self.n_step > 1 and not self.partial_windows:
+            run = windows[:, self.frame_stack - 1 : self.frame_stack - 1 + self.n_step]  # rows k … k+n-1
+            steps = data[STEP][run].long()
+            intact &= data[VALID][run].reshape(run.shape).all(dim=1) & (
+                steps == steps[:, :1] + torch.arange(self.n_step)
+            ).all(dim=1)
         return windows, intact
 
     def sample(self, storage: Storage, batch_size: int) -> tuple[torch.Tensor, dict]:
@@ -85,6 +98,7 @@ class FrameStackSampler(Sampler):
             "n_step": self.n_step,
             "capacity": self.capacity,
             "rows_written": self.rows_written,
+            "partial_windows": self.partial_windows,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -92,4 +106,6 @@ class FrameStackSampler(Sampler):
         self.n_step = state_dict.get("n_step", self.n_step)
         self.capacity = state_dict.get("capacity", self.capacity)
         self.rows_written = state_dict.get("rows_written", self.rows_written)
+        # A state from before the choice: its sampler drew the partial windows too.
+        self.partial_windows = state_dict.get("partial_windows", True)
         self._offsets = torch.arange(-self.frame_stack + 1, self.n_step + 1)

@@ -46,6 +46,8 @@ class ReplaySettings:
         dir: folder of the ``disk`` replay's files; ``None`` = ``replay/`` beside the run's checkpoints.
         spare_rows: ``disk`` only: file rows beyond `capacity` (a resume after a crash stays exact).
         n_step: n of the n-step return each sampled transition covers.
+        n_step_partial_windows: with n > 1, also sample an episode's last n − 1 transitions (m-step
+            returns, m < n); False: only full windows, as DrQ-v2's replay.
         discount: γ of the n-step sums (the learner's own discount must match).
         batch_size: transitions per sampled batch.
     """
@@ -57,6 +59,7 @@ class ReplaySettings:
     n_step: int
     discount: float
     batch_size: int
+    n_step_partial_windows: bool = False
 
 
 @dataclass(frozen=True)

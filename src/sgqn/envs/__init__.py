@@ -10,8 +10,12 @@ from sgqn.envs.tasks import (
     DEFAULT_ACTION_REPEAT,
     DEFAULT_QUANTILE,
     EPISODE_PHYSICS_STEPS,
+    REFERENCE_OPTIONS,
     TASK_DEFAULTS,
     TASKS,
+    ReferenceSettings,
+    reference_settings,
+    resolve_settings,
     split_task,
 )
 
@@ -123,9 +127,13 @@ __all__ = [
     "DISTRACTING_CS_INTENSITIES",
     "EPISODE_PHYSICS_STEPS",
     "MODES",
+    "REFERENCE_OPTIONS",
     "TASKS",
     "TASK_DEFAULTS",
+    "ReferenceSettings",
     "RenderQuality",
     "make_env",
+    "reference_settings",
+    "resolve_settings",
     "select_gl_backend",
 ]

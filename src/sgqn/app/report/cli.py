@@ -93,14 +93,23 @@ def write_report(
 
 def report_main(argv: Sequence[str]) -> list[Path]:
     """`sgqn report`; returns the files written. Raises `ConfigError` for an unknown sweep, experiment
-    or mode, or when there are no runs."""
-    from mlflow import MlflowClient
+    or mode, when there are no runs, or when the tracking store does not exist (nothing is created in its
+    place); the messages name the store's absolute URI."""
+    from sgqn.app.tracking import absolute_uri, missing_store, open_client
 
     parser = report_parser()
     args = parser.parse_args(list(argv))
     if args.ddof < 0:
         parser.error(f"--ddof must be ≥ 0, got {args.ddof}")
-    client = MlflowClient(tracking_uri=args.tracking_uri)
+    uri = absolute_uri(args.tracking_uri)  # what the messages cite
+    missing = missing_store(uri)
+    if missing:
+        source = f"--sweep {args.sweep}" if args.sweep is not None else f"--experiment {args.experiment}"
+        raise ConfigError(
+            f"{source}: no MLflow store at {missing} (the file does not exist); run in the folder that "
+            "holds mlflow.db, or give --tracking-uri"
+        )
+    client = open_client(uri)
     if args.sweep is not None:
         collection = collect_sweep(client, args.sweep)
     else:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import shlex
 from collections.abc import Sequence
 
 from sgqn.app.console import HelpFormatter
+from sgqn.app.errors import ConfigError
 from sgqn.app.sweeps.spec import load_sweep, parse_overrides
 
 
@@ -19,6 +21,7 @@ def sweep_parser() -> argparse.ArgumentParser:
         "same command continues the sweep: finished trials are not re-run, unfinished ones resume from\n"
         "their last checkpoint. The table: `sgqn report --sweep <name>`.",
         formatter_class=HelpFormatter,
+        allow_abbrev=False,  # `--dry` is not `--dry-run`: unknown options go to `sgqn fit`, checked there
         epilog="examples:\n"
         "  sgqn sweep -c conf/sweep/cpu_mini.yaml\n"
         "  sgqn sweep -c conf/sweep/paper.yaml --address auto --tracking-uri http://head:5000\n"
@@ -66,15 +69,34 @@ def sweep_parser() -> argparse.ArgumentParser:
         help="the live table is printed at least this often",
     )
     parser.add_argument(
-        "--dry-run", action="store_true", help="print each trial's `sgqn fit` command and exit"
+        "--dry-run",
+        action="store_true",
+        help="check every trial as the sweep would, print each trial's `sgqn fit` command and exit",
     )
     return parser
 
 
 def sweep_main(argv: Sequence[str]) -> None:
-    from sgqn.app.sweeps.runner import run_sweep, trial_config
+    from sgqn.app.sweeps.runner import (
+        UNKNOWN_PARENT,
+        preflight,
+        run_sweep,
+        sweep_tracking_uri,
+        trial_config,
+    )
 
-    args, rest = sweep_parser().parse_known_args(list(argv))
+    parser = sweep_parser()
+    args, rest = parser.parse_known_args(list(argv))
+    for word in rest:  # `sgqn fit` options are --group.option; another word is a mistyped sweep option
+        flag = word.partition("=")[0]
+        if flag.startswith("--") and "." not in flag:
+            flags = [o for o in parser._option_string_actions if o.startswith("--") and o != "--help"]
+            near = difflib.get_close_matches(flag, flags, n=2, cutoff=0.6)
+            hint = f"did you mean {', '.join(near)}? " if near else ""
+            raise ConfigError(
+                f"{flag} is not an `sgqn sweep` option ({hint}see `sgqn sweep --help`; `sgqn fit` options "
+                "for every trial are --group.option)"
+            )
     spec = load_sweep(args.config, parse_overrides(rest))
     for key in ("root", "tracking_uri", "max_failures"):  # the command line wins over the file
         if getattr(args, key) is not None:
@@ -82,11 +104,11 @@ def sweep_main(argv: Sequence[str]) -> None:
     if args.dry_run:
         from pathlib import Path
 
-        folder = Path(spec.root).resolve() / spec.name
-        for trial in spec.trials():
-            config = trial_config(
-                spec, trial, folder / "runs" / trial.name, "<parent run>", "<tracking uri>", 0
-            )
+        folder, uri = Path(spec.root).resolve() / spec.name, sweep_tracking_uri(spec)
+        trials = spec.trials()
+        preflight(spec, trials, folder, uri)  # the very checks of the real sweep, before Ray; creates nothing
+        for trial in trials:
+            config = trial_config(spec, trial, folder / "runs" / trial.name, UNKNOWN_PARENT, uri, 0)
             print(f"{trial.name}: sgqn fit {shlex.join(config['argv'])}")
         return
     outcome = run_sweep(

@@ -8,17 +8,21 @@ Layout of ``<root>/<name>/``: ``sweep.json`` (the parent run and the grid's fing
 
 from __future__ import annotations
 
+import contextlib
+import difflib
+import io
 import json
 import logging
 import os
 import sys
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sgqn.app.errors import ConfigError
-from sgqn.app.sweeps.spec import SweepSpec, Trial
+from sgqn.app.sweeps.spec import SHORTHANDS, SweepSpec, Trial
 from sgqn.app.sweeps.table import SweepTable
 from sgqn.app.sweeps.tracking import child_tags, create_parent_run
 from sgqn.app.sweeps.trial import DONE, STATUS, run_trial
@@ -39,6 +43,14 @@ def absolute_tracking_uri(uri: str) -> str:
     absolute against the directory `sgqn sweep` runs in."""
     path = sqlite_path(uri)
     return uri if path is None or path.is_absolute() else f"sqlite:///{path.resolve()}"
+
+
+UNKNOWN_PARENT = "<parent run>"  # the parent run's id in a trial's tags before the run exists
+
+
+def sweep_tracking_uri(spec: SweepSpec) -> str:
+    """The tracking URI of the sweep's parent and trial runs, absolute."""
+    return absolute_tracking_uri(spec.tracking_uri or default_tracking_uri())
 
 
 def trial_config(
@@ -66,10 +78,99 @@ def _trial_entry(config: dict[str, Any]) -> None:
     run_trial(config["spec"])
 
 
-def preflight(trials: list[Trial], folder: Path) -> None:
-    """Every trial's `sgqn fit` options checked as `sgqn fit` checks them, before Ray or any MLflow run
-    exists: a typo fails in seconds, not once per trial after the cluster has started. Seeds do not
-    change what is valid, so one trial per distinct set of other options is checked."""
+def fit_options() -> dict[str, Any]:
+    """`sgqn fit`'s options as typed (``--model.sgqn.quantile``) → their argparse actions: its parser,
+    built as `sgqn fit` builds it, nothing parsed."""
+    from sgqn.app.arguments import fit_parser_of
+    from sgqn.app.fit import SGQNCLI, cli_main
+
+    class _Built(Exception):
+        pass
+
+    class _ParserOnly(SGQNCLI):
+        def parse_arguments(self, parser: Any, args: Any) -> None:
+            raise _Built(parser)
+
+    try:
+        cli_main(["fit"], cli_class=_ParserOnly)
+    except _Built as built:
+        return dict(fit_parser_of(built.args[0])._option_string_actions)
+    raise AssertionError("the parser-only CLI always stops before parsing")  # pragma: no cover
+
+
+# Options a sweep key cannot name: the parser's own, and those `sgqn fit` fills in from other options.
+_NOT_SETTINGS = {"-h", "--help", "-c", "--config", "--print_config", "--help-trainer", "--seed_everything"}
+
+
+def is_fit_option(key: str, actions: Mapping[str, Any]) -> bool:
+    """Whether ``--<key>`` is an `sgqn fit` option: one of its options (``eval.modes``), one appended to
+    (``trainer.callbacks+``), or an argument of a class given by its path (``trainer.logger.init_args.tags``,
+    ``trainer.callbacks.init_args.x``), which `sgqn fit` itself checks once the class is known."""
+    base = key.removesuffix("+")
+    action = actions.get(f"--{base}")
+    if action is not None:
+        return f"--{base}" not in _NOT_SETTINGS and type(action).__name__ not in (
+            "ActionLink",
+            "_ActionConfigLoad",
+        )
+    parts = base.split(".")
+    # an option that takes a class path has a `--<option>.help CLASS` action
+    return any(f"--{'.'.join(parts[:end])}.help" in actions for end in range(1, len(parts)))
+
+
+def check_keys(spec: SweepSpec, actions: Mapping[str, Any]) -> None:
+    """Every key of the sweep's grid, overrides and algorithm_overrides (and every `sgqn fit` option on the
+    command line) is a shorthand (algorithm, task, seed) or an `sgqn fit` option; an unknown one fails
+    naming the sweep file, the key and the near names (a typo would otherwise become ``--seeds 0``)."""
+    from sgqn.app.arguments import renamed_option, suggest_options
+
+    options = [o for o in actions if o not in _NOT_SETTINGS and is_fit_option(o[2:], actions)]
+    for where, key in spec.option_keys():
+        if key in SHORTHANDS or is_fit_option(key, actions):
+            continue
+        renamed = renamed_option(key)
+        if where == "option":  # on the `sgqn sweep` command line (a mistyped sweep flag fails before)
+            near = suggest_options(f"--{key}", options)
+            hint = renamed or (f"did you mean {', '.join(near)}?" if near else "")
+            raise ConfigError(
+                f"--{key} is neither an `sgqn sweep` option nor an `sgqn fit` option"
+                + (f" ({hint})" if hint else "; see `sgqn sweep --help` and `sgqn fit --help`")
+            )
+        near = difflib.get_close_matches(key, list(SHORTHANDS), n=2, cutoff=0.6)
+        near += [o[2:] for o in suggest_options(f"--{key}", options)]
+        if renamed:
+            hint = f" ({renamed.replace('--', '')})"
+        elif near:
+            hint = f" (did you mean {', '.join(map(repr, dict.fromkeys(near)))}?)"
+        else:
+            hint = "; see `sgqn fit --help` for the options"
+        raise ConfigError(
+            f"{spec.file}: {where} {key!r} is not a sweep field (algorithm, task, seed) or an `sgqn fit` "
+            f"option{hint}"
+        )
+
+
+def preflight(spec: SweepSpec, trials: list[Trial], folder: Path, uri: str) -> None:
+    """The sweep's keys, then every trial's `sgqn fit` options, checked as `sgqn fit` checks them, before
+    Ray or any MLflow run exists (and by `--dry-run`, which then prints the commands): a typo fails in
+    seconds, naming the sweep file, not once per trial after the cluster has started. Seeds do not change
+    what is valid, so one trial per distinct set of other options is checked."""
+    check_keys(spec, fit_options())
+    with _quiet_info():  # Lightning's "Seed set to 0" of each check
+        _check_trials(spec, trials, folder, uri)
+
+
+@contextlib.contextmanager
+def _quiet_info() -> Iterator[None]:
+    before = logging.root.manager.disable
+    logging.disable(max(before, logging.INFO))
+    try:
+        yield
+    finally:
+        logging.disable(before)
+
+
+def _check_trials(spec: SweepSpec, trials: list[Trial], folder: Path, uri: str) -> None:
     from sgqn.app.fit import check_fit_args
 
     seen: set[tuple[Any, ...]] = set()
@@ -78,10 +179,23 @@ def preflight(trials: list[Trial], folder: Path) -> None:
         if key in seen:
             continue
         seen.add(key)
+        where = f"{spec.file}: trial {trial.name}"
+        printed = io.StringIO()
         try:
-            check_fit_args(trial.argv(folder / "runs" / trial.name))
+            with contextlib.redirect_stderr(printed):
+                # the trial's own command line (its parent run's id in its tags is not known yet)
+                check_fit_args(
+                    trial_config(spec, trial, folder / "runs" / trial.name, UNKNOWN_PARENT, uri, 0)["argv"]
+                )
         except ConfigError as err:
-            raise ConfigError(f"trial {trial.name}: {err}") from err
+            raise ConfigError(f"{where}: {err}") from err
+        except SystemExit as exit_:  # a parse error, printed as `sgqn: error: …`
+            lines = [x for x in printed.getvalue().splitlines() if x.startswith("sgqn: error: ")]
+            if exit_.code != 2 or not lines:
+                sys.stderr.write(printed.getvalue())
+                raise
+            raise ConfigError(f"{where}: {lines[0].removeprefix('sgqn: error: ')}") from None
+        sys.stderr.write(printed.getvalue())  # warnings of a good trial
 
 
 def open_sweep(spec: SweepSpec, trials: list[Trial], folder: Path, uri: str) -> tuple[str, bool]:
@@ -131,7 +245,7 @@ def run_sweep(
 
     started = time.perf_counter()
     folder = Path(spec.root).resolve() / spec.name
-    uri = absolute_tracking_uri(spec.tracking_uri or default_tracking_uri())
+    uri = sweep_tracking_uri(spec)
     if address and sqlite_path(uri) is not None:
         print(
             "sgqn sweep: warning: a sqlite tracking store on a shared filesystem is not safe for many "
@@ -139,7 +253,7 @@ def run_sweep(
             file=sys.stderr,
         )
     trials = spec.trials()
-    preflight(trials, folder)
+    preflight(spec, trials, folder, uri)
     parent_run_id, continued = open_sweep(spec, trials, folder, uri)
     configs = [trial_config(spec, t, folder / "runs" / t.name, parent_run_id, uri, poll_s) for t in trials]
     done_before = sum((Path(c["folder"]) / DONE).exists() for c in configs)

@@ -18,6 +18,11 @@ trials::
     resources: {cpu: 2, gpu: 0}          # per trial; gpu may be a fraction (0.25: four trials per GPU)
     max_failures: 3                      # retries of a dead trial, each resuming from its checkpoint
 
+A string value may read the environment: ``${VAR}`` (which must be set) or ``${VAR:-default}`` (the default
+where VAR is unset or empty; ``${DMCGB_ROOT:-null}``: DMC-GB's data where given, else the embedded stand-ins).
+Every key of ``grid``, ``overrides`` and ``algorithm_overrides`` must be a shorthand or an `sgqn fit` option
+(`sgqn.app.sweeps.runner.check_keys`).
+
 Each trial is the plain command line ``sgqn fit [-c <config>] <overrides> --model.algorithm A --data.task T
 --data.seed S --trainer.default_root_dir <root>/<name>/runs/<trial> --resume auto``; with no config file
 the trial runs at the code's defaults, which are the paper's settings (task-dependent ones from
@@ -38,7 +43,8 @@ from typing import Any
 
 import yaml
 
-from sgqn.app.errors import ConfigError
+from sgqn.algorithms import ALGORITHMS
+from sgqn.app.errors import ConfigError, did_you_mean
 
 SHORTHANDS = {"algorithm": "model.algorithm", "task": "data.task", "seed": "data.seed"}
 KEYS = {
@@ -106,6 +112,17 @@ class SweepSpec:
     tracking_uri: str | None = None
     folder: Path = Path(".")  # the sweep file's folder
     text: str = ""  # the sweep file as given
+    file: str = ""  # the sweep file's path as given (errors name it)
+    command_line: tuple[str, ...] = ()  # the keys of `overrides` given on the `sgqn sweep` command line
+
+    def option_keys(self) -> list[tuple[str, str]]:
+        """(where, key) of every option the sweep sets: ``("grid key", "seed")``, ``("overrides key", …)``,
+        ``("algorithm_overrides.sgqn key", …)``, ``("option", …)`` (the command line)."""
+        found = [("grid key", k) for k in self.grid]
+        found += [("option" if k in self.command_line else "overrides key", k) for k in self.overrides]
+        for algorithm, options in self.algorithm_overrides.items():
+            found += [(f"algorithm_overrides.{algorithm} key", k) for k in options]
+        return found
 
     def trials(self) -> list[Trial]:
         keys = list(self.grid)
@@ -122,9 +139,15 @@ class SweepSpec:
         options = {SHORTHANDS.get(k, k): v for k, v in point.items()}
         options = {**{SHORTHANDS.get(k, k): v for k, v in self.overrides.items()}, **options}
         algorithm = str(options.get("model.algorithm", "sgqn"))
-        options = {**options, **self.algorithm_overrides.get(algorithm, {})}
+        own = {SHORTHANDS.get(k, k): v for k, v in self.algorithm_overrides.get(algorithm, {}).items()}
+        options = {**options, **own}
         task = str(options.get("data.task", "cartpole_swingup"))
-        seed = int(options.get("data.seed", 0))
+        try:
+            seed = int(options.get("data.seed", 0))
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"{self.file or self.name}: seed {options['data.seed']!r} is not a whole number"
+            ) from None
         configs = []
         for template in self.configs:
             path = (self.folder / template.format(algorithm=algorithm, task=task)).resolve()
@@ -154,14 +177,27 @@ def _word(value: Any) -> str:
     return str(value)
 
 
+_VARIABLE = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
+
+
 def _expand(value: Any, path: Path, key: str) -> Any:
-    """``${VAR}`` in a string value: the environment variable (machine-specific paths stay out of the file)."""
+    """``${VAR}`` in a string value: the environment variable (machine-specific paths stay out of the file);
+    ``${VAR:-default}``: the default where VAR is unset or empty, as in a shell."""
     if not isinstance(value, str) or "$" not in value:
         return value
-    missing = [name for name in re.findall(r"\$\{(\w+)\}", value) if name not in os.environ]
-    if missing:
-        raise ConfigError(f"{path}: {key} uses ${{{missing[0]}}}, which is not set in the environment")
-    return os.path.expandvars(value)
+
+    def variable(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if os.environ.get(name):
+            return os.environ[name]
+        if default is not None:
+            return default
+        raise ConfigError(
+            f"{path}: {key} uses ${{{name}}}, which is not set in the environment (${{{name}:-default}} "
+            "gives a default)"
+        )
+
+    return _VARIABLE.sub(variable, value)
 
 
 def parse_overrides(words: Sequence[str]) -> dict[str, str]:
@@ -209,6 +245,19 @@ def load_sweep(path: str | Path, overrides: Mapping[str, Any] | None = None) -> 
     configs = raw.get("config") or []
     configs = configs if isinstance(configs, list) else [configs]
     raw_overrides = {k: _expand(v, path, k) for k, v in (raw.get("overrides") or {}).items()}
+    algorithm_overrides = raw.get("algorithm_overrides") or {}
+    if not isinstance(algorithm_overrides, dict) or not all(
+        isinstance(o, dict | None) for o in algorithm_overrides.values()
+    ):
+        raise ConfigError(
+            f"{path}: `algorithm_overrides` maps algorithms to options, e.g. sgqn: {{data.seed: 1}}"
+        )
+    unknown = [str(a) for a in algorithm_overrides if str(a) not in ALGORITHMS]
+    if unknown:
+        raise ConfigError(
+            f"{path}: algorithm_overrides key {unknown[0]!r} is not an algorithm"
+            f"{did_you_mean(unknown[0], ALGORITHMS)}; valid: {', '.join(ALGORITHMS)}"
+        )
     spec = SweepSpec(
         name=str(raw["name"]),
         experiment_name=str(raw.get("experiment_name") or raw["name"]),
@@ -216,7 +265,8 @@ def load_sweep(path: str | Path, overrides: Mapping[str, Any] | None = None) -> 
         grid=grid,
         overrides={**raw_overrides, **(overrides or {})},
         algorithm_overrides={
-            str(a): dict(o or {}) for a, o in (raw.get("algorithm_overrides") or {}).items()
+            str(a): {k: _expand(v, path, k) for k, v in (o or {}).items()}
+            for a, o in algorithm_overrides.items()
         },
         resources=resources,
         max_failures=int(raw.get("max_failures", 3)),
@@ -225,6 +275,8 @@ def load_sweep(path: str | Path, overrides: Mapping[str, Any] | None = None) -> 
         tracking_uri=raw.get("tracking_uri"),
         folder=path.resolve().parent,
         text=text,
+        file=str(path),
+        command_line=tuple(overrides or ()),
     )
     clash = sorted({SHORTHANDS.get(k, k) for k in spec.grid} & {SHORTHANDS.get(k, k) for k in spec.overrides})
     if clash:
