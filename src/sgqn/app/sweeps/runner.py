@@ -53,6 +53,24 @@ def sweep_tracking_uri(spec: SweepSpec) -> str:
     return absolute_tracking_uri(spec.tracking_uri or default_tracking_uri())
 
 
+# Variables of `sgqn sweep`'s environment that every trial gets, wherever it runs. A local Ray's workers
+# inherit the driver's environment, but on a cluster (`--address`) a worker has the environment of
+# `ray start` on its node: without these, a `--trainer.callbacks` class found through the driver's
+# PYTHONPATH would fail to import in every trial (exit 2) although the preflight passed. Secrets (MLflow
+# credentials) are not forwarded: Tune writes each trial's config to disk; set them where `ray start` runs.
+FORWARDED_ENV = ("PYTHONPATH", "SGQN_CACHE_DIR", "SGQN_DEBUG", "MUJOCO_GL", "PYOPENGL_PLATFORM")
+
+
+def forwarded_env() -> dict[str, str]:
+    """The driver's values of `FORWARDED_ENV`; PYTHONPATH's entries made absolute (a trial runs in its
+    own folder)."""
+    env = {key: os.environ[key] for key in FORWARDED_ENV if os.environ.get(key)}
+    if "PYTHONPATH" in env:
+        entries = env["PYTHONPATH"].split(os.pathsep)
+        env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(entry or ".") for entry in entries)
+    return env
+
+
 def trial_config(
     spec: SweepSpec, trial: Trial, folder: Path, parent_run_id: str, uri: str, poll_s: float
 ) -> dict:
@@ -70,6 +88,7 @@ def trial_config(
         "folder": str(folder),
         "cpus": spec.resources["cpu"],
         "tracking_uri": uri,
+        "env": forwarded_env(),
         "poll_s": poll_s,
     }
 
@@ -230,6 +249,16 @@ def open_sweep(spec: SweepSpec, trials: list[Trial], folder: Path, uri: str) -> 
     return run_id, False
 
 
+def _root_cause(err: BaseException) -> str:
+    """``: <the last line of the innermost cause>``: why Ray could not connect (e.g. the head's token
+    authentication refused this process), which Ray wraps in a traceback's text; ``""`` if none."""
+    inner = err
+    while inner.__cause__ is not None:
+        inner = inner.__cause__
+    lines = [line.strip() for line in str(inner).splitlines() if line.strip()]
+    return f": {lines[-1]}" if inner is not err and lines else ""
+
+
 def run_sweep(
     spec: SweepSpec,
     address: str | None = None,
@@ -267,7 +296,10 @@ def run_sweep(
     started_ray = not ray.is_initialized()
     if started_ray:
         if address:
-            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+            try:
+                ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+            except ConnectionError as err:
+                raise ConfigError(f"--address {address}: {err}{_root_cause(err)}") from err
         else:
             ray.init(
                 num_cpus=num_cpus or os.cpu_count(),

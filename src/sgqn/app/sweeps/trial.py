@@ -36,18 +36,25 @@ def _die_with_parent() -> None:  # pragma: no cover (runs in the child between f
     libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def trial_env(cpus: float, tracking_uri: str) -> dict[str, str]:
-    """The child's environment: one torch/OpenMP thread per CPU the trial holds (two 2-thread runs on
-    2 cores crawl: oversubscription), the sweep's tracking store, headless rendering."""
+def trial_env(
+    cpus: float, tracking_uri: str, forwarded: dict[str, str] | None = None
+) -> dict[str, str]:
+    """The child's environment: the worker's, with the driver's `forwarded` variables (on a cluster the
+    worker's is that of `ray start` on its node), one torch/OpenMP thread per CPU the trial holds (two
+    2-thread runs on 2 cores crawl: oversubscription), the sweep's tracking store, headless rendering."""
     threads = str(max(1, int(cpus)))
     env = dict(os.environ)
+    env.update(forwarded or {})
     env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, MLFLOW_TRACKING_URI=tracking_uri)
     env.setdefault("MUJOCO_GL", "egl")
     return env
 
 
-def write_command(folder: Path, argv: list[str], env: dict[str, str]) -> None:
-    keep = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "MLFLOW_TRACKING_URI", "MUJOCO_GL")
+def write_command(
+    folder: Path, argv: list[str], env: dict[str, str], forwarded: tuple[str, ...] = ()
+) -> None:
+    keep = (*forwarded, "OMP_NUM_THREADS", "MKL_NUM_THREADS", "MLFLOW_TRACKING_URI", "MUJOCO_GL")
+    keep = tuple(dict.fromkeys(keep))
     words = [f"{k}={shlex.quote(env[k])}" for k in keep if k in env] + [shlex.quote(w) for w in argv]
     (folder / "command.sh").write_text(
         "#!/usr/bin/env bash\n# re-run this trial alone\n" + " ".join(words) + "\n"
@@ -63,7 +70,8 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 def run_trial(config: dict[str, Any]) -> None:
     """The Ray Tune function trainable. `config`: ``trial`` (its name), ``argv`` (`sgqn fit` arguments),
-    ``folder`` (the trial's own output folder), ``cpus``, ``tracking_uri`` and ``poll_s``."""
+    ``folder`` (the trial's own output folder), ``cpus``, ``tracking_uri``, ``env`` (the driver's
+    variables to set) and ``poll_s``."""
     from ray import tune
 
     folder = Path(config["folder"])
@@ -79,8 +87,9 @@ def run_trial(config: dict[str, Any]) -> None:
         )
 
     argv = [sys.executable, "-m", "sgqn", "fit", *config["argv"]]
-    env = trial_env(config["cpus"], config["tracking_uri"])
-    write_command(folder, ["sgqn", "fit", *config["argv"]], env)
+    forwarded = dict(config.get("env", {}))
+    env = trial_env(config["cpus"], config["tracking_uri"], forwarded)
+    write_command(folder, ["sgqn", "fit", *config["argv"]], env, tuple(forwarded))
     (folder / "worker.pid").write_text(str(os.getpid()))
     log_path = folder / "fit.log"
     status_path = folder / STATUS
