@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -199,9 +200,11 @@ class EvaluationCallback(Callback):
             metrics |= {f"eval/{m}/saliency_iou": iou for m, iou in report.iou.items()}
             metrics |= {f"eval/{m}/mask_coverage": c for m, c in report.coverage.items()}
             for prefix, focus in (("saliency", report.focus), ("predicted", report.predicted_focus)):
-                metrics |= {
-                    f"eval/{m}/{prefix}_{k}": v for m, scores in focus.items() for k, v in scores.items()
-                }
+                for (
+                    mode,
+                    scores,
+                ) in focus.items():  # an undefined score (e.g. nothing predicted) is not logged
+                    metrics |= {f"eval/{mode}/{prefix}_{k}": v for k, v in scores.items() if math.isfinite(v)}
             artifacts.append((f"saliency/step_{step:08d}.png", report.grid))
             metrics["eval/saliency_seconds"] = time.perf_counter() - start
         if self._due(self.video_every_evals, count):
