@@ -30,7 +30,7 @@ def _run(session: nox.Session, *args: str, env: dict[str, str] | None = None) ->
 @nox.session(venv_backend="none")
 def tests(session: nox.Session) -> None:
     """The default suite (slow tests deselected; `nox -s tests -- -m slow` runs them)."""
-    args = session.posargs or ["-m", "not slow", "-q"]
+    args = session.posargs or ["-m", "not slow", "-q", "--durations=15"]
     _run(session, "-m", "pytest", *args, env={"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")})
     # Run last (`nox -s lint typecheck notebooks tests`): pytest's summary stays the log's closing line,
     # without nox's success lines after it. Failures are logged at ERROR and still show.

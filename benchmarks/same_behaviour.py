@@ -9,6 +9,11 @@
     python benchmarks/same_behaviour.py                     # runs again, exits 1 on any difference
     python benchmarks/same_behaviour.py --only sac sgqn     # some tiny runs, no quick start
 
+The recording is from 8dd3f9c, before the redesign; tiny/drqv2 and tiny/drqv2_sgqn were recorded again
+(`--record --only drqv2 drqv2_sgqn`) after DrQ-v2's actor was made to read the features encoded before
+the critic's step, as DrQ-v2 does (a deliberate change of behaviour, docs/algorithms.md). Metrics added
+since a recording (e.g. the saliency focus scores) are listed, not counted as differences.
+
 Each run is a fresh `sgqn fit` process with 2 intra-op threads (runs are deterministic for a given
 thread count), tracked in a temporary MLflow store, without DMC-GB data (the embedded default images).
 """
@@ -94,9 +99,10 @@ def quickstart() -> dict[str, Any]:
 
 
 def _differences(name: str, recorded: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """What differs in the metrics recorded (a metric added since is not a difference) and the weights."""
     out = []
-    for key in sorted(set(recorded["metrics"]) | set(now["metrics"])):
-        before, after = recorded["metrics"].get(key), now["metrics"].get(key)
+    for key in sorted(recorded["metrics"]):
+        before, after = recorded["metrics"][key], now["metrics"].get(key)
         if before != after:
             out.append(f"{name}: {key}: recorded {str(before)[:200]}, now {str(after)[:200]}")
     if set(recorded.get("weights", [])) != set(now.get("weights", [])):
@@ -124,6 +130,9 @@ def main() -> None:
             flush=True,
         )
         if not args.record:
+            added = sorted(set(results[name]["metrics"]) - set(recorded.get(name, {}).get("metrics", {})))
+            if added:
+                print(f"{name}: {len(added)} metrics added since the recording, e.g. {added[0]}")
             if name not in recorded:
                 problems.append(f"{name}: nothing recorded")
             else:

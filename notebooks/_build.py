@@ -188,7 +188,7 @@ EXPLORER = [
     ),
     new_code_cell(
         "# The newest run with a checkpoint: in the folder its checkpoint_dir tag names, else uploaded.\n"
-        "from sgqn.app.tracking import find_checkpoint\n"
+        "from sgqn.app.runs import find_checkpoint\n"
         "\n"
         "for run in client.search_runs([experiment.experiment_id], order_by=['start_time DESC']):\n"
         "    try:\n"

@@ -27,3 +27,12 @@ class KillWorkerOnce(Callback):
         os.write(fd, Path.cwd().name.encode())  # the trial's folder name = the trial's name
         os.close(fd)
         os.kill(os.getppid(), signal.SIGKILL)  # the worker; this process follows (PR_SET_PDEATHSIG)
+
+
+class KillWorkerOnceRecordingStarts(KillWorkerOnce):
+    """`KillWorkerOnce` that also appends, to ``starts.txt`` in the trial's folder (its working directory),
+    the agent step each attempt starts training at: 0, then the step of the checkpoint a retry resumed."""
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        with open("starts.txt", "a") as file:
+            file.write(f"{trainer.datamodule.stats.agent_steps}\n")  # type: ignore[attr-defined]

@@ -10,7 +10,7 @@ from mlflow import MlflowClient
 
 from cli_helpers import fit_args
 from sgqn.app.cli import main
-from sgqn.app.tracking import CHECKPOINT_DIR_TAG, find_checkpoint
+from sgqn.app.runs import CHECKPOINT_DIR_TAG, find_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from cli_helpers import TINY, all_runs, fit_args, short_run
-from sgqn.app import validation
+from sgqn.app import ranges, validation
 from sgqn.app.arguments import RENAMED, suggest_options
 from sgqn.app.checkpointing import AtomicCheckpointIO
 from sgqn.app.cli import main
@@ -218,12 +218,12 @@ def test_a_bad_input_ends_in_one_line_and_creates_nothing(
 
 def test_image_size_follows_the_encoder_and_the_decoder() -> None:
     def check(size: int, algorithm: str = "sgqn", layers: int | None = None) -> None:
-        validation.check_image_size(
+        ranges.check_image_size(
             {"image_size": size}, {"algorithm": algorithm, "net": {"num_conv_layers": layers}}
         )
 
     # the encoder's feature map is (n - 3) // 2 + 1 - 2 (L - 1) wide: at least 1 from n = 4 L - 1
-    assert [validation.smallest_image_size(n) for n in (1, 4, 11)] == [3, 15, 43]
+    assert [ranges.smallest_image_size(n) for n in (1, 4, 11)] == [3, 15, 43]
     check(43, "sac")  # SAC's reference depth, 11 layers
     check(15, "drqv2")  # DrQ-v2's, 4 layers
     check(30, "sac", 2)  # no decoder: any size the encoder takes
@@ -242,12 +242,10 @@ def test_image_size_follows_the_encoder_and_the_decoder() -> None:
 
 def test_every_ranged_option_exists(capsys: pytest.CaptureFixture[str]) -> None:
     options = set(_listed(_fit_help(capsys)))
-    assert {f"--{key}" for key in validation.RANGES} <= options, {
-        f"--{k}" for k in validation.RANGES
-    } - options
-    assert validation.within(0, "[0, 1)") and not validation.within(1, "[0, 1)")
-    assert validation.within(1, "[0, 1]") and not validation.within(0, "> 0") and validation.within(0, "≥ 0")
-    assert not validation.within(float("nan"), "≥ 0")
+    assert {f"--{key}" for key in ranges.RANGES} <= options, {f"--{k}" for k in ranges.RANGES} - options
+    assert ranges.within(0, "[0, 1)") and not ranges.within(1, "[0, 1)")
+    assert ranges.within(1, "[0, 1]") and not ranges.within(0, "> 0") and ranges.within(0, "≥ 0")
+    assert not ranges.within(float("nan"), "≥ 0")
 
 
 def test_too_little_disk_fails_before_the_run(

@@ -61,6 +61,9 @@ def test_the_separate_guided_forward_gives_the_shared_forwards_update(
     _assert_same_run(shared, separate, rtol=1e-6, atol=1e-7, losses_b=separate_losses)
 
 
+# slow (inductor compiles C++ for 50-100 s on 2 cores); the default suite has the compiled whole update
+# (tests/test_whole_update.py), which compiles the same SGQN maths
+@pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ["sgqn", "drqv2_sgqn"])
 def test_compiled_update_equals_eager(algorithm: str) -> None:
     eager = _module(algorithm)

@@ -63,6 +63,7 @@ def _evaluate(callback: EvaluationCallback, module: AgentModule, dm: DMCDataModu
     return callback.evaluate(trainer, module, step=len(callback.history) * 100)  # type: ignore[arg-type]
 
 
+@pytest.mark.slow  # 40 s
 def test_evaluation_k_runs_the_same_episodes_after_a_resume_and_the_workers_keep_our_threads() -> None:
     dm = _datamodule()
     torch.manual_seed(0)
@@ -119,6 +120,7 @@ def test_sgqn_fit_with_eval_workers_counts_their_start_once_and_stops_them(tmp_p
     )
 
 
+@pytest.mark.slow  # 50 s; the fit with workers stays in the default suite
 def test_sgqn_evaluate_with_workers_reports_the_episodes_it_ran_and_repeats_them(tmp_path: Path) -> None:
     main(["fit", "-c", "conf/tiny.yaml", "--data.num_agent_steps", "20", "--data.init_steps", "10",
           "--eval.every_agent_steps", "0", "--eval.at_end", "false", "--trainer.logger", "false",

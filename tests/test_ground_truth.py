@@ -3,10 +3,15 @@ bodies are recoloured, and one mask for every test mode that keeps the train cam
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+from mlflow import MlflowClient
 
+from cli_helpers import fit_args, short_run
+from sgqn.app.cli import main
 from sgqn.envs import TASKS, make_env
 from sgqn.envs.tasks import TASK_DEFAULTS
 from sgqn.evaluation.ground_truth import body_geoms, body_mask, stacked_body_masks
@@ -83,3 +88,18 @@ def test_one_mask_serves_every_mode_with_the_train_camera(dmcgb_root: object) ->
     moved = _env(task, "distracting_cs", intensity=0.3)  # its camera moves: its own masks
     masks = stacked_body_masks(moved, task, states, [1, 3], 3)
     assert masks.any() and not torch.equal(masks, expected)
+
+
+@pytest.mark.parametrize("algorithm", ["sac", "svea", "sgqn", "drqv2", "drqv2_sgqn"])
+def test_a_fit_logs_the_focus_of_every_algorithm(algorithm: str, tmp_path: Path) -> None:
+    root = tmp_path
+    args = [*fit_args(root, *short_run(30, checkpoint_every=30)), "--model.algorithm", algorithm]
+    args += ["--eval.saliency_every_evals", "1", "--eval.saliency_states", "2", "--data.init_steps", "20"]
+    main(args)  # 30 agent steps, evaluated with the saliency report at the end
+    client = MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db")
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    logged = run.data.metrics
+    for name in ("precision", "recall", "tid", "mass_on_body"):
+        assert 0 <= logged[f"eval/train/saliency_{name}"] <= 1, name
+    guided = algorithm in ("sgqn", "drqv2_sgqn")
+    assert guided == ("eval/train/predicted_mass_on_body" in logged)  # the attribution predictor's

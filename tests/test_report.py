@@ -3,7 +3,9 @@
 The sweep: sac and sgqn × cartpole_swingup and walker_walk × seeds 0-2, 4000 agent steps, evaluations
 every 1000 steps that ramp linearly to the final returns below. sac-walker_walk-s1 FAILED at step 2000,
 sac-walker_walk-s2 has no run; two trials were re-launched. An svea run outside the sweep shares the
-experiment.
+experiment. The runs log saliency scores that ramp to the final ones of PRECISION, except
+sac-walker_walk-s0 and the svea run (as runs from before them) and sgqn-walker_walk-s2 (not at its final
+evaluation).
 """
 
 from __future__ import annotations
@@ -20,12 +22,30 @@ from PIL import Image
 
 from sgqn.app.errors import ConfigError
 from sgqn.app.report.cli import report_main, report_parser
-from sgqn.app.report.collect import MODE_ORDER, Curve, collect_experiment, collect_sweep, method_labels
+from sgqn.app.report.collect import (
+    Collection,
+    Curve,
+    Trial,
+    collect_experiment,
+    collect_sweep,
+    method_labels,
+)
 from sgqn.app.report.figures import mean_curve
-from sgqn.app.report.table import build_table, csv_rows, latex, markdown
+from sgqn.app.report.table import (
+    SALIENCY_TABLES,
+    build_table,
+    build_tables,
+    csv_rows,
+    latex,
+    markdown,
+    markdown_tables,
+    write_tables,
+)
 from sgqn.app.sweeps.tracking import child_tags, create_parent_run
+from sgqn.envs.names import mode_order
 
 EXPERIMENT, SWEEP, STEPS = "study", "grid", 4000
+SCORES = ("saliency_precision", "saliency_tid", "predicted_precision", "predicted_tid")
 TASKS = ("cartpole_swingup", "walker_walk")
 # (algorithm, task) → per seed (train, video_hard) final returns of the complete runs; None: not complete.
 FINALS: dict[tuple[str, str], list[tuple[float, float] | None]] = {
@@ -34,6 +54,28 @@ FINALS: dict[tuple[str, str], list[tuple[float, float] | None]] = {
     ("sgqn", "cartpole_swingup"): [(810, 600), (830, 640), (850, 680)],
     ("sgqn", "walker_walk"): [(900, 400), (910, 450), (920, 500)],
 }
+# (algorithm, task) → per seed (train, video_hard) final saliency precision; None: no saliency scores logged.
+# TID is half the precision; sgqn's attribution predictor scores 0.1 below its critic, sac has none.
+PRECISION: dict[tuple[str, str], list[tuple[float, float] | None]] = {
+    ("sac", "cartpole_swingup"): [(0.4, 0.2), (0.5, 0.3), (0.6, 0.4)],
+    ("sac", "walker_walk"): [None, None, None],
+    ("sgqn", "cartpole_swingup"): [(0.7, 0.6), (0.8, 0.65), (0.9, 0.7)],
+    ("sgqn", "walker_walk"): [(0.75, 0.5), (0.85, 0.6), (0.95, 0.7)],  # s2's stop before its final evaluation
+}
+
+
+def scores(algorithm: str, precision: tuple[float, float] | None) -> dict[str, tuple[float, float]]:
+    """The final saliency scores (train, video_hard) a run logs, as `sgqn fit` names them."""
+    if precision is None:
+        return {}
+    train, video = precision
+    logged = {"saliency_precision": (train, video), "saliency_tid": (train / 2, video / 2)}
+    if algorithm == "sgqn":
+        logged |= {
+            "predicted_precision": (train - 0.1, video - 0.1),
+            "predicted_tid": (train / 2 - 0.1, video / 2 - 0.1),
+        }
+    return logged
 
 
 class Store:
@@ -54,8 +96,11 @@ class Store:
         until: int = STEPS,
         status: str = "FINISHED",
         tags: dict[str, str] | None = None,
+        scores: dict[str, tuple[float, float]] | None = None,
+        scores_until: int = STEPS,
     ) -> str:
-        """A training run whose returns ramp linearly to `final` at STEPS, logged up to step `until`."""
+        """A training run whose returns ramp linearly to `final` at STEPS, logged up to step `until`; its
+        saliency `scores` (name → final train, video_hard values) ramp likewise, up to `scores_until`."""
         self.clock += 60_000  # start times order the re-launches
         all_tags = {"algorithm": algorithm, "task": task, "seed": str(seed), **(tags or {})}
         run = self.client.create_run(self.experiment_id, start_time=self.clock, tags=all_tags)
@@ -65,6 +110,12 @@ class Store:
             Metric(f"eval/{mode}/return_mean", value * step / STEPS, self.clock + step, step)
             for step in range(0, until + 1, 1000)
             for mode, value in zip(("train", "video_hard"), final, strict=True)
+        ]
+        metrics += [
+            Metric(f"eval/{mode}/{name}", value * step / STEPS, self.clock + step, step)
+            for step in range(0, min(until, scores_until) + 1, 1000)
+            for name, values in (scores or {}).items()
+            for mode, value in zip(("train", "video_hard"), values, strict=True)
         ]
         self.client.log_batch(run_id, metrics=metrics)
         if status != "RUNNING":
@@ -101,13 +152,19 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         return store.run(algorithm, task, seed, final, tags=tags, **kwargs)
 
     ids: dict[str, str] = {}
-    child("sac", "cartpole_swingup", 0, (111, 111))  # an older complete run: the newer one wins
+    # an older complete run: the newer one wins
+    child("sac", "cartpole_swingup", 0, (111, 111), scores=scores("sac", (0.99, 0.99)))
     for (algorithm, task), finals in FINALS.items():
         for seed, final in enumerate(finals):
             if final is not None:
-                ids[f"{algorithm}-{task}-s{seed}"] = child(algorithm, task, seed, final)
+                logged = scores(algorithm, PRECISION[(algorithm, task)][seed])
+                until = STEPS - 1000 if (algorithm, task, seed) == ("sgqn", "walker_walk", 2) else STEPS
+                ids[f"{algorithm}-{task}-s{seed}"] = child(
+                    algorithm, task, seed, final, scores=logged, scores_until=until
+                )
     ids["sac-walker_walk-s1"] = child("sac", "walker_walk", 1, (480, 90), until=2000, status="FAILED")
-    child("sgqn", "walker_walk", 1, (1, 1), until=1000, status="KILLED")  # a re-launch of a complete trial
+    # a re-launch of a complete trial
+    child("sgqn", "walker_walk", 1, (1, 1), until=1000, status="KILLED", scores=scores("sgqn", (0.01, 0.01)))
     store.run("svea", "cartpole_swingup", 0, (600, 500))  # not part of the sweep
     return {"root": root, "uri": store.uri, "client": store.client, "parent": parent, "ids": ids}
 
@@ -130,6 +187,15 @@ def test_collect_sweep_decides_complete_and_missing(sweep: dict[str, Any]) -> No
     assert relaunched.curves["train"] == Curve([0, 1000, 2000, 3000, 4000], [0.0, 227.5, 455.0, 682.5, 910.0])
     failed = by_name["sac-walker_walk-s1"]
     assert (failed.status, failed.last_step, failed.finals["train"]) == ("FAILED", 2000, 240.0)
+    # Saliency scores at each mode's final evaluation, from the run chosen for the returns.
+    assert newest.scores == {
+        "saliency_precision": {"train": 0.4, "video_hard": 0.2},
+        "saliency_tid": {"train": 0.2, "video_hard": 0.1},
+    }
+    assert relaunched.scores["predicted_precision"] == {"train": pytest.approx(0.75), "video_hard": 0.5}
+    assert by_name["sac-walker_walk-s0"].scores == {}  # logged none, as a run from before them
+    assert by_name["sgqn-walker_walk-s2"].scores == {}  # logged up to step 3000: none at its final one
+    assert failed.scores == {} and by_name["sac-walker_walk-s2"].scores == {}
     for trial in collection.trials:  # the value at the last step of the history = MLflow's latest value
         if trial.run_id is not None:
             latest = sweep["client"].get_run(trial.run_id).data.metrics
@@ -185,6 +251,7 @@ def test_csv_and_latex(sweep: dict[str, Any]) -> None:
     rows = {(r["task"], r["method"], r["mode"]): r for r in csv_rows(table)}
     assert len(rows) == 8
     assert rows[("walker_walk", "sgqn", "video_hard")] == {
+        "metric": "return",
         "task": "walker_walk",
         "method": "sgqn",
         "mode": "video_hard",
@@ -211,6 +278,101 @@ def test_csv_and_latex(sweep: dict[str, Any]) -> None:
             assert line.count("&") + 1 - len(spans) + sum(spans) == 5, line
 
 
+def test_saliency_tables_by_hand_with_missing_scores(sweep: dict[str, Any]) -> None:
+    tables = build_tables(collect_sweep(sweep["client"], SWEEP))
+    assert [t.metric for t in tables] == ["return", *SCORES]
+    assert [t.title for t in tables[1:]] == [
+        "Saliency precision: sweep grid",
+        "Saliency TID: sweep grid",
+        "Predicted precision: sweep grid",
+        "Predicted TID: sweep grid",
+    ]
+    text = {table.metric: {key: table.cell_text(*key) for key in table.cells} for table in tables[1:]}
+    # PRECISION by hand: mean ± sample std over the complete seeds that logged the score at their final
+    # evaluation; sac-walker_walk-s0 logged none (– (0/3), not 0), sgqn-walker_walk-s2 none at the end.
+    assert text["saliency_precision"] == {
+        ("cartpole_swingup", "sac", "train"): "0.50 ± 0.10",
+        ("cartpole_swingup", "sac", "video_hard"): "0.30 ± 0.10",
+        ("cartpole_swingup", "sgqn", "train"): "0.80 ± 0.10",
+        ("cartpole_swingup", "sgqn", "video_hard"): "0.65 ± 0.05",
+        ("walker_walk", "sac", "train"): "– (0/3)",
+        ("walker_walk", "sac", "video_hard"): "– (0/3)",
+        ("walker_walk", "sgqn", "train"): "0.80 ± 0.07 (2/3)",  # 0.75, 0.85
+        ("walker_walk", "sgqn", "video_hard"): "0.55 ± 0.07 (2/3)",  # 0.5, 0.6
+    }
+    assert text["saliency_tid"][("cartpole_swingup", "sac", "train")] == "0.25 ± 0.05"
+    tid = tables[2].cells[("walker_walk", "sgqn", "video_hard")]  # 0.25, 0.3
+    assert (tid.mean, tid.std, tid.n) == (pytest.approx(0.275), pytest.approx(0.05 / 2**0.5), 2)
+    assert text["predicted_precision"][("cartpole_swingup", "sgqn", "train")] == "0.70 ± 0.10"
+    assert text["predicted_tid"][("cartpole_swingup", "sgqn", "train")] == "0.30 ± 0.05"  # .25 .3 .35
+    for metric in ("predicted_precision", "predicted_tid"):  # sac has no attribution predictor
+        assert text[metric][("cartpole_swingup", "sac", "train")] == "– (0/3)"
+    precision = tables[1]
+    cell = precision.cells[("walker_walk", "sgqn", "train")]
+    assert (
+        cell.seeds == ["0", "1"] and cell.values == [0.75, 0.85] and cell.std == pytest.approx(0.05 * 2**0.5)
+    )
+    empty = precision.cells[("walker_walk", "sac", "train")]
+    assert (empty.mean, empty.std, empty.n, empty.expected) == (None, None, 0, 3)
+    averages = {key: average.text() for key, average in precision.averages.items()}
+    assert averages == {  # only the tasks where every expected seed has the score
+        ("sac", "train"): "0.50 (1/2 tasks)",
+        ("sac", "video_hard"): "0.30 (1/2 tasks)",
+        ("sgqn", "train"): "0.80 (1/2 tasks)",
+        ("sgqn", "video_hard"): "0.65 (1/2 tasks)",
+    }
+
+    text_md = markdown_tables(tables)
+    assert text_md.index("## Results: sweep grid") < text_md.index("## Saliency precision: sweep grid")
+    assert "| walker_walk | – (0/3) | – (0/3) | 0.80 ± 0.07 (2/3) | 0.55 ± 0.07 (2/3) |" in text_md
+    assert (
+        "| **average** | 0.50 (1/2 tasks) | 0.30 (1/2 tasks) | 0.80 (1/2 tasks) | 0.65 (1/2 tasks) |"
+        in text_md
+    )
+    assert "– (0/n): none did (a run from before these scores" in text_md and "missing, not 0." in text_md
+    assert text_md.count("Missing or incomplete trials (2 of 12)") == 1 and text_md.endswith("no run\n")
+    rows = {(r["metric"], r["task"], r["method"], r["mode"]): r for r in csv_rows(precision)}
+    missing = rows[("saliency_precision", "walker_walk", "sac", "train")]
+    assert (missing["mean"], missing["std"], missing["n_seeds"], missing["values"]) == ("", "", "0", "")
+    assert rows[("saliency_precision", "walker_walk", "sgqn", "train")]["values"] == "0.75;0.85"
+    tex = latex(precision, missing=False)
+    assert (
+        r"cartpole\_swingup & $0.50 \pm 0.10$ & $0.30 \pm 0.10$ & $0.80 \pm 0.10$ & $0.65 \pm 0.05$ \\" in tex
+    )
+    assert r"walker\_walk & -- (0/3) & -- (0/3) & $0.80 \pm 0.07$ (2/3) & $0.55 \pm 0.07$ (2/3) \\" in tex
+    assert "% missing" not in tex and "% missing" in latex(precision)
+
+    # An experiment: the svea run outside the sweep logged no scores.
+    experiment = build_tables(collect_experiment(sweep["client"], EXPERIMENT))
+    assert experiment[1].cell_text("cartpole_swingup", "svea", "train") == "– (0/1)"
+    assert experiment[1].cell_text("cartpole_swingup", "sac", "train") == "0.50 ± 0.10"
+
+
+def test_runs_without_scores_give_missing_saliency_cells(tmp_path: Path) -> None:
+    """Runs from before the scores: the saliency tables are written with every cell missing, the
+    predictor's are left out, and nothing reads 0."""
+    trials = [
+        Trial(f"sac-t-s{s}", "sac", "t", str(s), "sac", 10, f"r{s}", None, "FINISHED", 10, {"train": 5.0})
+        for s in range(2)
+    ]
+    collection = Collection("experiment", "old", "old", "sqlite:///x.db", trials)
+    tables = build_tables(collection)
+    assert [t.metric for t in tables] == ["return", *SALIENCY_TABLES]
+    assert tables[0].cell_text("t", "sac", "train") == "5 ± 0"
+    assert [t.cell_text("t", "sac", "train") for t in tables[1:]] == ["– (0/2)", "– (0/2)"]
+    assert [t.averages[("sac", "train")].text() for t in tables[1:]] == ["– (0/1 tasks)"] * 2
+    files = write_tables(tables, tmp_path)
+    assert [p.name for p in files] == ["table.md", "table.csv", "table.tex"]
+    with open(tmp_path / "table.csv") as file:
+        rows = list(csv.DictReader(file))
+    assert [(r["metric"], r["mean"]) for r in rows] == [
+        ("return", "5.0"),
+        ("saliency_precision", ""),
+        ("saliency_tid", ""),
+    ]
+    assert "0.00" not in (tmp_path / "table.md").read_text() + (tmp_path / "table.tex").read_text()
+
+
 def test_report_command_writes_logs_and_prints(
     sweep: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -233,8 +395,14 @@ def test_report_command_writes_logs_and_prints(
             with Image.open(path) as image:
                 assert image.format == "PNG" and image.width > 400 and image.height > 200
                 assert len(image.convert("RGB").getcolors(1 << 20) or []) > 20  # drawn, not blank
+    assert "## Saliency precision: sweep grid" in out and "## Predicted TID: sweep grid" in out
+    assert "| cartpole_swingup | 0.50 ± 0.10 | 0.30 ± 0.10 | 0.80 ± 0.10 | 0.65 ± 0.05 |" in out
+    assert out.count("Missing or incomplete trials") == 1  # once, under the last table
     with open(tmp_path / "out" / "table.csv") as file:
-        assert len(list(csv.DictReader(file))) == 8
+        metrics = [row["metric"] for row in csv.DictReader(file)]  # 8 cells per table
+    assert metrics == [m for m in ("return", *SCORES) for _ in range(8)]
+    tex = (tmp_path / "out" / "table.tex").read_text()
+    assert tex.count(r"\begin{tabular}") == 5 and tex.count("% missing: sac-walker_walk-s2: no run") == 1
     logged = sorted(a.path for a in sweep["client"].list_artifacts(sweep["parent"], "report"))
     assert logged == [f"report/{name}" for name in names]
 
@@ -299,7 +467,12 @@ def test_mean_curve_uses_shared_steps_and_method_labels() -> None:
     steps, means, stds = mean_curve([Curve([0, 10, 20], [0.0, 2.0, 4.0]), Curve([0, 10], [2.0, 4.0])])
     assert (steps, means) == ([0, 10], [1.0, 3.0]) and stds == pytest.approx([2**0.5, 2**0.5])
     assert mean_curve([Curve([0, 10], [1.0, 2.0])])[2] is None  # one seed: no band
-    assert MODE_ORDER == __import__("sgqn.envs", fromlist=["MODES"]).MODES
+    assert sorted(["video_hard", "x", "distracting_cs@0.1", "train"], key=mode_order) == [
+        "train",
+        "video_hard",
+        "distracting_cs@0.1",
+        "x",
+    ]  # the paper's column order, then any other mode
     records = [
         {
             "algorithm": "sgqn",

@@ -104,8 +104,8 @@ def straight(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # the whole update recorded per due pattern is, on the CPU, the straight run's eager update
     [
         (70, 80, "--resume=auto", []),
-        (20, 30, "--ckpt_path=last", []),
-        (70, 80, "--resume=auto", ["--model.speed.graph_update", "true"]),
+        pytest.param(20, 30, "--ckpt_path=last", [], marks=pytest.mark.slow),
+        pytest.param(70, 80, "--resume=auto", ["--model.speed.graph_update", "true"], marks=pytest.mark.slow),
     ],
     ids=["mid-episode-after-warm-up", "during-warm-up", "graph-update"],
 )

@@ -14,7 +14,7 @@ import pytest
 
 from cli_helpers import TINY, all_runs
 from sgqn.app.cli import main
-from sgqn.app.tracking import open_client, store_lock
+from sgqn.app.store import open_client, store_lock
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -89,3 +89,20 @@ def test_an_unknown_run_in_an_existing_store_names_its_absolute_uri(
     assert exit_.value.code == 2
     (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("sgqn: error: ")]
     assert f"no MLflow run with id or name 'nosuch' in any experiment at sqlite:///{store.resolve()}/" in line
+
+
+def test_training_experiments_open_as_machine_learning_in_the_ui(tmp_path: Path) -> None:
+    # MLflow 3's UI shows an experiment's runs and metrics (not its GenAI tabs) when its kind tag says so.
+    from sgqn.app.sweeps.tracking import create_parent_run
+    from sgqn.app.tracking import EXPERIMENT_KIND_TAG, TRAINING_KIND, SGQNMLFlowLogger
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    logger = SGQNMLFlowLogger(experiment_name="fits", tracking_uri=uri)
+    client = logger.experiment
+    assert client.get_experiment_by_name("fits").tags[EXPERIMENT_KIND_TAG] == TRAINING_KIND
+    create_parent_run(client, "sweeps", "grid", [], "grid: {}\n")
+    assert client.get_experiment_by_name("sweeps").tags[EXPERIMENT_KIND_TAG] == TRAINING_KIND
+    # a kind the user chose in the UI stands
+    chosen = client.create_experiment("chosen", tags={EXPERIMENT_KIND_TAG: "genai_development"})
+    SGQNMLFlowLogger(experiment_name="chosen", tracking_uri=uri).experiment  # noqa: B018 (creates the run)
+    assert client.get_experiment(chosen).tags[EXPERIMENT_KIND_TAG] == "genai_development"

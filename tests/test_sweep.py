@@ -243,6 +243,76 @@ def test_live_table_lists_every_trial() -> None:
     assert lines[3].split() == ["sgqn-x-s0", "PENDING", "-", "-", "-", "-"]
 
 
+def test_trials_get_the_drivers_environment_wherever_they_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On a Ray cluster a trial's worker has the environment of `ray start` on its node, not the driver's
+    # (tests/test_sweep_ray_head.py): the driver's PYTHONPATH and sgqn's variables travel in its config.
+    from sgqn.app.sweeps.runner import forwarded_env, trial_config
+    from sgqn.app.sweeps.trial import trial_env, write_command
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(["callbacks", "/abs/lib"]))
+    monkeypatch.setenv("SGQN_DEBUG", "1")
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "secret")  # Tune writes a trial's config to disk
+    forwarded = forwarded_env()
+    assert forwarded["PYTHONPATH"] == os.pathsep.join([os.path.join(os.getcwd(), "callbacks"), "/abs/lib"])
+    assert forwarded["SGQN_DEBUG"] == "1" and "MLFLOW_TRACKING_TOKEN" not in forwarded
+    spec = load_sweep(sweep_file(tmp_path))
+    config = trial_config(spec, spec.trials()[0], tmp_path / "x", "parent", "sqlite:////x.db", 1)
+    assert config["env"] == forwarded
+    monkeypatch.delenv("PYTHONPATH")  # the worker's own environment
+    env = trial_env(1, "sqlite:////x.db", forwarded | {"OMP_NUM_THREADS": "4"})
+    assert env["PYTHONPATH"] == forwarded["PYTHONPATH"] and env["OMP_NUM_THREADS"] == "1"
+    write_command(tmp_path, ["sgqn", "fit"], env, tuple(forwarded))
+    line = (tmp_path / "command.sh").read_text().splitlines()[2]
+    assert line.startswith(f"PYTHONPATH={forwarded['PYTHONPATH']} SGQN_DEBUG=1 "), line
+    assert line.endswith(" MLFLOW_TRACKING_URI=sqlite:////x.db sgqn fit"), line
+
+
+def test_ray_connection_errors_and_the_local_ray(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import ray
+
+    from sgqn.app.sweeps import runner
+
+    # Ray wraps why it could not connect (a head's token refused) in a traceback's text: its last line
+    try:
+        try:
+            raise RuntimeError(
+                "Last connection error: Traceback (most recent call last):\n  File x\nray.Auth: no token"
+            )
+        except RuntimeError as inner:
+            raise ConnectionError("Failed to connect to Ray cluster at 10.0.0.1:6379") from inner
+    except ConnectionError as err:
+        assert runner._root_cause(err) == ": ray.Auth: no token"
+    assert runner._root_cause(ConnectionError("x")) == ""
+
+    # without --address, a new Ray on this machine, even where RAY_ADDRESS names a cluster (Ray would join
+    # it and refuse num_cpus)
+    class Stop(Exception):
+        pass
+
+    def init(**kwargs: object) -> None:
+        raise Stop(kwargs)
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    monkeypatch.setattr(runner, "preflight", lambda *args: None)
+    monkeypatch.setattr(runner, "open_sweep", lambda *args: ("parent", False))
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", init)
+    spec = load_sweep(sweep_file(tmp_path))
+    with pytest.raises(Stop) as stopped:
+        runner.run_sweep(spec, num_cpus=2)
+    assert stopped.value.args[0]["address"] == "local" and stopped.value.args[0]["num_cpus"] == 2
+    assert "RAY_ADDRESS is set (10.0.0.1:6379) but --address is not" in capsys.readouterr().err
+    with pytest.raises(Stop) as stopped:
+        runner.run_sweep(spec, address="auto")
+    assert stopped.value.args[0]["address"] == "auto"
+
+
 def _env() -> dict[str, str]:
     # In-process fits of earlier tests leave MLFLOW_TRACKING_URI set (mlflow.set_tracking_uri exports it).
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
@@ -265,6 +335,7 @@ def _sweep(folder: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=900)
 
 
+@pytest.mark.slow  # 2 minutes; tests/test_sweep_ray_head.py (slow) does the same on a Ray head
 def test_tiny_sweep_end_to_end_with_a_killed_worker(tmp_path: Path) -> None:
     sweep_file(tmp_path)
     marker = tmp_path / "killed"

@@ -147,7 +147,10 @@ def test_graph_update_refuses_a_mixed_precision_trainer() -> None:
 
 
 @pytest.mark.usefixtures("same_random_numbers")
-@pytest.mark.parametrize("algorithm", ["sgqn", "drqv2_sgqn"])
+@pytest.mark.parametrize(
+    "algorithm",
+    ["sgqn", pytest.param("drqv2_sgqn", marks=pytest.mark.slow)],  # slow: a 50 s compile
+)
 def test_the_compiled_whole_update_equals_the_eager_update(algorithm: str) -> None:
     # DrQ-v2's σ changes at every update (schedule over 3 steps): a compiled pattern that had baked in
     # the σ of its first call would drift from eager.

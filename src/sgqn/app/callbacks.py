@@ -14,8 +14,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import MLFlowLogger
 
+from sgqn.app.runs import CHECKPOINT_DIR_TAG
 from sgqn.app.schedule import Cadence, agent_steps
-from sgqn.app.tracking import CHECKPOINT_DIR_TAG
 
 
 class TrainingProgress(Callback):
@@ -109,7 +109,7 @@ class EnvStepCheckpoint(ModelCheckpoint):
     """`ModelCheckpoint` on an agent-step cadence (`trainer.global_step` counts optimizer steps).
 
     When training starts, the folder's absolute path is recorded in each MLflow run as the
-    ``checkpoint_dir`` tag, so `sgqn.app.tracking.find_checkpoint` (``sgqn evaluate --run``) finds the
+    ``checkpoint_dir`` tag, so `sgqn.app.runs.find_checkpoint` (``sgqn evaluate --run``) finds the
     checkpoints from the run without uploading them.
 
     Args:

@@ -12,7 +12,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sgqn.app.tracking import CHECKPOINT_DIR_TAG, sqlite_path
+from sgqn.app.runs import CHECKPOINT_DIR_TAG
+from sgqn.app.store import sqlite_path
 
 if TYPE_CHECKING:
     from lightning.pytorch import Trainer

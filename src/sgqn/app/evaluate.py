@@ -1,21 +1,25 @@
 """`sgqn evaluate`: returns of checkpoints (or MLflow runs' checkpoints) in the train env and the test
 modes, as tables attached to their runs. The episodes are run as during `fit` (`sgqn.evaluation`).
+
+Beside the returns, each checkpoint's saliency is scored against the task's bodies as during `fit`
+(`sgqn.evaluation.generalization.saliency_report`: precision, recall, TID and attribution mass on the
+bodies, of the critic's mask and of SGQN's predicted one), in every mode evaluated, on the same physics
+states of one rollout in the train env.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 import math
-import statistics
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from sgqn.app.console import HelpFormatter
+from sgqn.app.evaluation_tables import SALIENCY_SCORES, results_table, write_tables
 from sgqn.evaluation.episodes import (
     DEFAULT_MODES,
     EVAL_SEED_OFFSET,
@@ -23,23 +27,38 @@ from sgqn.evaluation.episodes import (
     run_mode_episodes,
     start_workers,
     stop_workers,
-    summarize,
 )
+
+if TYPE_CHECKING:
+    from sgqn.data.datamodule import DMCDataModule
+    from sgqn.training.module import AgentModule
 
 log = logging.getLogger("sgqn.evaluation")
 
+DEFAULT_SALIENCY_STATES = 8  # as `sgqn fit`'s --eval.saliency_states
 
-def evaluate_checkpoint(
-    path: str, modes: Sequence[str], episodes: int, seed_offset: int, workers: int = 0
-) -> dict[str, list[float]]:
-    """Returns per mode for the policy stored in one checkpoint, with the env settings it trained on;
-    `workers` > 0: in that many env processes per mode, all modes at once (`sgqn.evaluation`)."""
+
+def load_checkpoint(path: str) -> tuple[AgentModule, DMCDataModule]:
+    """The agent stored in a checkpoint (in eval mode, on the CPU) and the data settings it trained with."""
     from sgqn.data.datamodule import DMCDataModule
     from sgqn.training.module import AgentModule
 
     module = AgentModule.load_from_checkpoint(path, map_location="cpu")
     module.eval()
-    datamodule = DMCDataModule.from_checkpoint(path)
+    return module, DMCDataModule.from_checkpoint(path)
+
+
+def checkpoint_returns(
+    module: AgentModule,
+    datamodule: DMCDataModule,
+    modes: Sequence[str],
+    episodes: int,
+    seed_offset: int,
+    workers: int = 0,
+) -> dict[str, list[float]]:
+    """Returns per mode of `module`'s deterministic policy in `datamodule`'s envs, seeded from its
+    training seed + `seed_offset`; `workers` > 0: in that many env processes per mode, all modes at once
+    (`sgqn.evaluation`)."""
     policy = module.policy_module(deterministic=True)
     seed = datamodule.env_settings.seed + seed_offset
     if not workers:
@@ -51,43 +70,52 @@ def evaluate_checkpoint(
         stop_workers(env)
 
 
-def results_table(per_checkpoint: dict[str, dict[str, list[float]]]) -> list[dict[str, Any]]:
-    """One row per mode. One checkpoint: mean ± std over episodes; several (seeds): mean ± std of the
-    per-seed means, as DMC-GB tables report."""
-    modes = list(next(iter(per_checkpoint.values())))
-    rows = []
-    for mode in modes:
-        if len(per_checkpoint) == 1:
-            mean, std = summarize(next(iter(per_checkpoint.values()))[mode])
-        else:
-            mean, std = summarize([statistics.fmean(r[mode]) for r in per_checkpoint.values()])
-        episodes = sum(len(r[mode]) for r in per_checkpoint.values())
-        rows.append(
-            {
-                "mode": mode,
-                "return_mean": mean,
-                "return_std": std,
-                "seeds": len(per_checkpoint),
-                "episodes": episodes,
-            }
+def checkpoint_saliency(
+    module: AgentModule,
+    datamodule: DMCDataModule,
+    modes: Sequence[str],
+    seed_offset: int,
+    num_states: int = DEFAULT_SALIENCY_STATES,
+) -> dict[str, dict[str, float]]:
+    """Per mode of `modes`, `module`'s saliency scored against the task's bodies: one `saliency_report`
+    (as during `fit`) on `num_states` physics states of a rollout of the deterministic policy in the train
+    env (seeded as the episodes), each seen in every mode. Returns mode → {``saliency_precision``, …,
+    ``predicted_mass_on_body``} (`SALIENCY_SCORES`); a score not defined on these states (nothing
+    predicted salient, no predictor: not SGQN) is absent. The states need the train env: it is built even
+    when "train" is not among `modes`, and its scores are then left out."""
+    from sgqn.evaluation.generalization import saliency_report
+
+    settings = datamodule.env_settings
+    seed = settings.seed + seed_offset
+    envs = {m: datamodule.make_env(mode=m, seed=seed) for m in dict.fromkeys(["train", *modes])}
+    try:
+        report = saliency_report(
+            module,
+            envs,
+            module.policy_module(deterministic=True),
+            frame_stack=settings.frame_stack,
+            num_states=num_states,
+            grid_states=1,
+            task=settings.task,
         )
-    return rows
+    finally:
+        for env in envs.values():
+            env.close()
+    scores: dict[str, dict[str, float]] = {mode: {} for mode in modes}
+    for who, focus in (("saliency", report.focus), ("predicted", report.predicted_focus)):
+        for mode in modes:
+            found = focus.get(mode, {})
+            scores[mode] |= {f"{who}_{k}": v for k, v in found.items() if math.isfinite(v)}
+    return scores
 
 
-def write_tables(rows: list[dict[str, Any]], out_dir: Path) -> tuple[Path, Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    csv_path, md_path = out_dir / "results.csv", out_dir / "results.md"
-    with csv_path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    lines = ["| mode | return | seeds | episodes |", "|---|---|---|---|"]
-    lines += [
-        f"| {r['mode']} | {r['return_mean']:.1f} ± {r['return_std']:.1f} | {r['seeds']} | {r['episodes']} |"
-        for r in rows
-    ]
-    md_path.write_text("\n".join(lines) + "\n")
-    return csv_path, md_path
+def evaluate_checkpoint(
+    path: str, modes: Sequence[str], episodes: int, seed_offset: int, workers: int = 0
+) -> dict[str, list[float]]:
+    """Returns per mode for the policy stored in one checkpoint, with the env settings it trained on;
+    `workers` > 0: in that many env processes per mode, all modes at once (`sgqn.evaluation`)."""
+    module, datamodule = load_checkpoint(path)
+    return checkpoint_returns(module, datamodule, modes, episodes, seed_offset, workers)
 
 
 def checkpoint_run(path: str | Path) -> tuple[str, str] | None:
@@ -101,7 +129,7 @@ def log_tables_to_runs(
 ) -> None:
     """Attach the tables (and final metrics) to MLflow runs, given as (run id, tracking URI); a run whose
     sqlite store is gone is skipped with a warning (an empty database is not created in its place)."""
-    from sgqn.app.tracking import missing_store, open_client
+    from sgqn.app.store import missing_store, open_client
 
     for run_id, tracking_uri in dict.fromkeys(runs):  # once per run, in order
         missing = missing_store(tracking_uri)
@@ -112,12 +140,14 @@ def log_tables_to_runs(
         for file in files:
             client.log_artifact(run_id, str(file), artifact_path="evaluation")
         for row in rows:
-            if not math.isnan(row["return_mean"]):
-                client.log_metric(run_id, f"final/{row['mode']}/return_mean", row["return_mean"])
+            for key in ("return_mean", *SALIENCY_SCORES):
+                value = row.get(key)
+                if value is not None and math.isfinite(value):
+                    client.log_metric(run_id, f"final/{row['mode']}/{key}", value)
 
 
 def evaluate_parser() -> argparse.ArgumentParser:
-    from sgqn.app.tracking import default_tracking_uri
+    from sgqn.app.store import default_tracking_uri
     from sgqn.envs.names import DISTRACTING_CS_INTENSITIES, MODES
 
     names = [m if m != "distracting_cs" else "distracting_cs@<intensity>" for m in MODES]
@@ -140,7 +170,9 @@ def evaluate_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sgqn evaluate",
         description="Evaluate checkpoints in the train env and DMC-GB test modes; write results.{csv,md}\n"
-        "and attach them (and final/<mode>/return_mean) to each checkpoint's MLflow run.",
+        "and attach them (and final/<mode>/return_mean) to each checkpoint's MLflow run. Beside the\n"
+        "returns, the critic's saliency on the task's bodies per mode (precision, TID, mass on body; and\n"
+        "SGQN's predicted mask's), as `sgqn fit` logs eval/<mode>/saliency_*.",
         formatter_class=HelpFormatter,
         epilog="examples:\n"
         "  sgqn evaluate --run my-run-name --modes train video_hard --episodes 10\n"
@@ -205,6 +237,13 @@ def evaluate_parser() -> argparse.ArgumentParser:
         default=0,
         help="env processes per mode, every mode's episodes at once (0: one after another, in this process)",
     )
+    parser.add_argument(
+        "--saliency-states",
+        type=int,
+        default=DEFAULT_SALIENCY_STATES,
+        help="physics states of a train-env rollout on which each checkpoint's saliency is scored in "
+        "every mode (0: no saliency scores)",
+    )
     parser.add_argument("--no-log", action="store_true", help="do not attach the tables to the MLflow runs")
     return parser
 
@@ -213,7 +252,8 @@ def evaluate_main(argv: Sequence[str]) -> None:
     """`sgqn evaluate`. An unknown run, or a tracking store that does not exist (nothing is created in
     its place), is a one-line `ConfigError` naming the store's absolute URI."""
     from sgqn.app.errors import ConfigError
-    from sgqn.app.tracking import absolute_uri, find_checkpoint, missing_store, open_client, resolve_run
+    from sgqn.app.runs import find_checkpoint, resolve_run
+    from sgqn.app.store import absolute_uri, missing_store, open_client
 
     parser = evaluate_parser()
     args = parser.parse_args(list(argv))
@@ -221,6 +261,8 @@ def evaluate_main(argv: Sequence[str]) -> None:
         parser.error("give checkpoints with --ckpt PATH ... and/or MLflow runs with --run RUN ...")
     if args.workers < 0:
         parser.error(f"--workers must be >= 0, got {args.workers}")
+    if args.saliency_states < 0:
+        parser.error(f"--saliency-states must be >= 0, got {args.saliency_states}")
     runs: dict[str, tuple[str, str] | None] = {p: None for p in args.ckpt}  # None: read from the file
     if args.run:
         uri = absolute_uri(args.tracking_uri)  # what the messages cite
@@ -239,10 +281,18 @@ def evaluate_main(argv: Sequence[str]) -> None:
                 raise ConfigError(f"--run {run}: {err}") from None
             log.info("run %s: %s", run, found)
             runs[str(found)] = (run_id, uri)
-    per_checkpoint = {
-        p: evaluate_checkpoint(p, args.modes, args.episodes, args.seed_offset, args.workers) for p in runs
-    }
-    rows = results_table(per_checkpoint)
+    per_checkpoint: dict[str, dict[str, list[float]]] = {}
+    saliency: dict[str, dict[str, dict[str, float]]] = {}
+    for path in runs:
+        module, datamodule = load_checkpoint(path)
+        per_checkpoint[path] = checkpoint_returns(
+            module, datamodule, args.modes, args.episodes, args.seed_offset, args.workers
+        )
+        if args.saliency_states:
+            saliency[path] = checkpoint_saliency(
+                module, datamodule, args.modes, args.seed_offset, args.saliency_states
+            )
+    rows = results_table(per_checkpoint, saliency if args.saliency_states else None)
     files = write_tables(rows, args.out)
     print(files[1].read_text())
     if args.no_log:

@@ -38,21 +38,12 @@ from sgqn.app.console import fit_summary  # noqa: E402
 from sgqn.app.dead_runs import mark_dead_runs_of  # noqa: E402
 from sgqn.app.eval_callback import EvaluationCallback  # noqa: E402
 from sgqn.app.progress import with_progress_bar  # noqa: E402
-from sgqn.app.tracking import (  # noqa: E402
-    MLflowSaveConfig,
-    RecordRunId,
-    SGQNMLFlowLogger,
-    absolute_uri,
-    holds_run,
-    missing_store,
-    name_run,
-    run_name,
-    run_tags,
-)
+from sgqn.app.ranges import check_seed  # noqa: E402
+from sgqn.app.store import absolute_uri, holds_run, missing_store  # noqa: E402
+from sgqn.app.tracking import MLflowSaveConfig, RecordRunId, SGQNMLFlowLogger, name_run, run_name, run_tags  # noqa: E402
 from sgqn.app.validation import (  # noqa: E402
     ConfigError,
     check_free_disk,
-    check_seed,
     checkpoint_bytes,
     resolved_data_params,
     validate_fit_config,

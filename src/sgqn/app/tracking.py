@@ -1,16 +1,13 @@
-"""MLflow tracking: a logger with working defaults and the resolved config saved into the run."""
+"""MLflow tracking of a training run: its name and tags, a logger with working defaults (a run per fit,
+resumable into the same run), the resolved config saved into the run."""
 
 from __future__ import annotations
 
-import fcntl
-import logging
 import os
 import socket
 import subprocess
-import tempfile
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -19,97 +16,10 @@ from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
+from sgqn.app.store import absolute_uri, default_tracking_uri, store_lock
+
 if TYPE_CHECKING:
     from mlflow import MlflowClient
-    from mlflow.entities import Run
-
-log = logging.getLogger("sgqn.app.tracking")
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow 3 refuses the plain-folder store (`file:./mlruns`)
-
-
-def default_tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
-
-
-def sqlite_path(uri: str) -> Path | None:
-    """The database file of a ``sqlite:///…`` tracking URI (relative to the working directory), else None."""
-    prefix = "sqlite:///"
-    if not uri.startswith(prefix):
-        return None
-    path = uri[len(prefix) :].split("?")[0]
-    return None if path in ("", ":memory:") else Path(path)
-
-
-def absolute_uri(uri: str) -> str:
-    """A sqlite URI with its database's absolute, normalised path (``sqlite:///mlflow.db`` in /work →
-    ``sqlite:////work/mlflow.db``): one store, one name. Other URIs unchanged."""
-    path = sqlite_path(uri)
-    if path is None:
-        return uri
-    query = uri.partition("?")[1] + uri.partition("?")[2]
-    return f"sqlite:///{path.expanduser().resolve()}{query}"
-
-
-def missing_store(uri: str) -> str | None:
-    """The absolute URI of a sqlite store whose file does not exist (opening it would create an empty
-    one), else None: commands that only read runs refuse it instead of leaving an empty database."""
-    path = sqlite_path(uri)
-    return absolute_uri(uri) if path is not None and not path.is_file() else None
-
-
-def holds_run(uri: str, run_id: str) -> bool:
-    """Does the store at `uri` hold the run `run_id`? (A missing sqlite file is not created.)"""
-    from mlflow.exceptions import MlflowException
-
-    if missing_store(uri):
-        return False
-    try:
-        open_client(uri).get_run(run_id)
-    except MlflowException:
-        return False
-    return True
-
-
-@contextmanager
-def store_lock(uri: str) -> Iterator[None]:
-    """Hold an exclusive lock shared by every process using the sqlite store at `uri` (``flock`` on
-    ``<database>.lock`` beside it; a no-op for other stores).
-
-    MLflow creates a new sqlite store by running its schema migrations, with no lock: two `sgqn fit`
-    started at the same moment in a new folder both migrated ``mlflow.db`` and one crashed (alembic's
-    "Online migration expected to match one row"). They, and the creation of an experiment and of a
-    run's unique name, happen under this lock.
-    """
-    path = sqlite_path(uri)
-    if path is None:
-        yield
-        return
-    path = path.expanduser().resolve()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)  # as MLflow does for the database
-        lock = path.with_name(path.name + ".lock").open("a")
-    except OSError:  # a read-only folder: nothing can be created there, and there is nothing to guard
-        yield
-        return
-    with lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def open_client(uri: str | None = None) -> MlflowClient:
-    """An `MlflowClient` on `uri` (default `default_tracking_uri`; a sqlite path made absolute); a new
-    sqlite store is created (its schema migrated) by one process at a time (`store_lock`)."""
-    from mlflow import MlflowClient
-
-    uri = absolute_uri(uri or default_tracking_uri())  # (MLflow caches a store by its URI)
-    with store_lock(uri):
-        return MlflowClient(tracking_uri=uri)
-
-
-# --------------------------------------------------------------------------- run names, tags, params
 
 
 def run_name(*parts: object, when: float | None = None) -> str:
@@ -169,6 +79,17 @@ def name_run(logger: MLFlowLogger, name: str | None, tags: Mapping[str, str]) ->
             logger.unique_name = True
     logger.tags = {**tags, **(logger.tags or {})}
     return True
+
+
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # MLflow 3's UI: which tabs an experiment's page shows
+TRAINING_KIND = "custom_model_development"  # "Machine learning": runs, metrics, artifacts (not GenAI's)
+
+
+def mark_training_experiment(client: MlflowClient, experiment_id: str) -> None:
+    """Tag an experiment as a model-training one for MLflow 3's UI (its page shows runs and model metrics,
+    not the GenAI tabs: traces, prompts), unless its kind was chosen already (the user's choice stands)."""
+    if EXPERIMENT_KIND_TAG not in client.get_experiment(experiment_id).tags:
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
 
 
 class SGQNMLFlowLogger(MLFlowLogger):
@@ -238,7 +159,9 @@ class SGQNMLFlowLogger(MLFlowLogger):
             with store_lock(self._tracking_uri):
                 if self.unique_name:
                     self._run_name = self._unused_name(self._run_name)
-                return super().experiment
+                client = super().experiment
+                mark_training_experiment(client, str(self._experiment_id))
+                return client
         client = super().experiment
         # Resumed: running again, under this process; `resumes` counts the interruptions.
         previous = client.get_run(str(self._run_id)).data.tags.get("resumes", "0")
@@ -324,90 +247,3 @@ class RecordRunId(Callback):
                     "tracking_uri": absolute_uri(logger._tracking_uri),  # resumable from another folder
                     "experiment_name": logger._experiment_name,
                 }
-
-
-# --------------------------------------------------------------------------- checkpoints of a run
-
-CHECKPOINT_DIR_TAG = "checkpoint_dir"  # absolute path of the run's local checkpoint folder
-
-
-def experiment_ids(client: MlflowClient, experiment: str | None = None) -> list[str]:
-    """The id of the experiment named `experiment` (LookupError if none), or of every experiment."""
-    if experiment is None:
-        return [e.experiment_id for e in client.search_experiments()]
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        raise LookupError(f"no MLflow experiment named {experiment!r} at {absolute_uri(client.tracking_uri)}")
-    return [found.experiment_id]
-
-
-def resolve_run(client: MlflowClient, run: str, experiment: str | None = None) -> Run:
-    """The MLflow run with id `run`, else the newest run named `run` (in `experiment`, or in any)."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_run(run)
-    except MlflowException:
-        pass  # not an id: look it up by name
-    name = run.replace("'", "\\'")
-    runs = client.search_runs(
-        experiment_ids(client, experiment),
-        f"attributes.run_name = '{name}'",
-        order_by=["attributes.start_time DESC"],
-    )
-    if not runs:
-        where = f"experiment {experiment!r}" if experiment else "any experiment"
-        raise LookupError(
-            f"no MLflow run with id or name {run!r} in {where} at {absolute_uri(client.tracking_uri)}"
-        )
-    if len(runs) > 1:
-        log.warning("%d runs are named %r; using the newest, %s", len(runs), run, runs[0].info.run_id)
-    return runs[0]
-
-
-def _artifact_files(client: MlflowClient, run_id: str, path: str = "") -> list[str]:
-    files: list[str] = []
-    for item in client.list_artifacts(run_id, path):
-        files += _artifact_files(client, run_id, item.path) if item.is_dir else [item.path]
-    return files
-
-
-def find_checkpoint(
-    run: str,
-    tracking_uri: str | None = None,
-    which: str = "last",
-    experiment: str | None = None,
-    download_dir: str | Path | None = None,
-) -> Path:
-    """A local path to one checkpoint of an MLflow run (what `sgqn evaluate --run` and resuming use).
-
-    Looks in the folder the run's ``checkpoint_dir`` tag names (set when training starts), then among
-    the run's artifacts (uploaded with ``log_model``), which are downloaded.
-
-    Args:
-        run: run id or run name (the newest run of that name).
-        tracking_uri: default ``$MLFLOW_TRACKING_URI`` or ``sqlite:///mlflow.db``.
-        which: ``"last"`` (``last.ckpt``) or a checkpoint file name such as ``"agent_steps=100000"``.
-        experiment: look names up in this experiment only.
-        download_dir: where artifacts go (default ``<tmp>/sgqn-checkpoints/<run id>``).
-
-    Raises:
-        LookupError: no such run.
-        FileNotFoundError: the run has the checkpoint neither in its folder nor as an artifact.
-    """
-    client = open_client(tracking_uri)
-    found = resolve_run(client, run, experiment)
-    run_id = found.info.run_id
-    filename = which if which.endswith(".ckpt") else f"{which}.ckpt"
-    folder = found.data.tags.get(CHECKPOINT_DIR_TAG)
-    if folder and (Path(folder) / filename).is_file():
-        return Path(folder) / filename
-    uploaded = sorted(p for p in _artifact_files(client, run_id) if Path(p).name == filename)
-    if uploaded:
-        target = Path(download_dir or Path(tempfile.gettempdir()) / "sgqn-checkpoints" / run_id)
-        target.mkdir(parents=True, exist_ok=True)
-        return Path(client.download_artifacts(run_id, uploaded[0], str(target)))
-    raise FileNotFoundError(
-        f"run {run_id} ({found.info.run_name}) has no {filename}: not in its checkpoint folder "
-        f"{folder or '(no ' + CHECKPOINT_DIR_TAG + ' tag)'} and not among its artifacts"
-    )

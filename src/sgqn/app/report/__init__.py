@@ -1,5 +1,6 @@
 """`sgqn report`: the paper's results table (mean ± std over seeds of the final evaluation returns, per
-task, method and test mode) and learning curves, read from the MLflow runs of a sweep or an experiment.
+task, method and test mode), the same tables of the saliency scores on the task's bodies (precision,
+TID) and learning curves, read from the MLflow runs of a sweep or an experiment.
 
 - `collect`: the trials and their runs, as plain dataclasses (which are complete, which missing and why);
 - `table`: the cells and the markdown / CSV / LaTeX writers;
@@ -8,7 +9,7 @@ task, method and test mode) and learning curves, read from the MLflow runs of a 
 """
 
 from sgqn.app.report.collect import Collection, Curve, Trial, collect_experiment, collect_sweep
-from sgqn.app.report.table import Cell, Table, build_table
+from sgqn.app.report.table import Cell, Table, build_table, build_tables
 
 __all__ = [
     "Cell",
@@ -17,6 +18,7 @@ __all__ = [
     "Table",
     "Trial",
     "build_table",
+    "build_tables",
     "collect_experiment",
     "collect_sweep",
 ]

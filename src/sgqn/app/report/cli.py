@@ -15,20 +15,23 @@ from sgqn.app.console import HelpFormatter
 from sgqn.app.errors import ConfigError, did_you_mean
 from sgqn.app.report.collect import Collection, collect_experiment, collect_sweep
 from sgqn.app.report.figures import DEFAULT_MODES, write_curves
-from sgqn.app.report.table import build_table, markdown, write_tables
+from sgqn.app.report.table import build_tables, markdown_tables, write_tables
 
 ARTIFACT_DIR = "report"  # where the files go in the sweep's parent run
 
 
 def report_parser() -> argparse.ArgumentParser:
-    from sgqn.app.tracking import default_tracking_uri
+    from sgqn.app.store import default_tracking_uri
 
     parser = argparse.ArgumentParser(
         prog="sgqn report",
         description="The paper's table (mean ± std over seeds of the final evaluation return, per task,\n"
         "method and test mode) and learning curves of a sweep, or of every training run of an experiment,\n"
-        "read from MLflow: table.md, table.csv, table.tex and curves_<task>.png. Incomplete trials\n"
-        "(no run, failed, stopped early) are left out of the cells and listed under the table.",
+        "read from MLflow: table.md, table.csv, table.tex and curves_<task>.png. Beside the returns, the\n"
+        "same tables of the critic's saliency precision and TID on the task's bodies at the final\n"
+        "evaluation (and of SGQN's attribution predictor, when logged); a run without them shows '–'.\n"
+        "Incomplete trials (no run, failed, stopped early) are left out of the cells and listed under\n"
+        "the tables.",
         formatter_class=HelpFormatter,
         epilog="examples:\n"
         "  sgqn report --sweep cpu_mini\n"
@@ -86,16 +89,17 @@ def default_out(collection: Collection) -> Path:
 def write_report(
     collection: Collection, out: Path, modes: Sequence[str] | None = None, ddof: int = 1
 ) -> tuple[str, list[Path]]:
-    """Write the tables and curves of `collection` into `out`: (the markdown table, the files written)."""
-    table = build_table(collection, ddof)
-    return markdown(table), write_tables(table, out) + write_curves(collection, out, modes, ddof)
+    """Write the tables (returns, then saliency scores) and curves of `collection` into `out`: (the
+    markdown tables, the files written)."""
+    tables = build_tables(collection, ddof)
+    return markdown_tables(tables), write_tables(tables, out) + write_curves(collection, out, modes, ddof)
 
 
 def report_main(argv: Sequence[str]) -> list[Path]:
     """`sgqn report`; returns the files written. Raises `ConfigError` for an unknown sweep, experiment
     or mode, when there are no runs, or when the tracking store does not exist (nothing is created in its
     place); the messages name the store's absolute URI."""
-    from sgqn.app.tracking import absolute_uri, missing_store, open_client
+    from sgqn.app.store import absolute_uri, missing_store, open_client
 
     parser = report_parser()
     args = parser.parse_args(list(argv))

@@ -5,10 +5,17 @@ A *trial* is one point of the grid (algorithm, task, seed and any other swept op
 is at a step ≥ its ``num_agent_steps``; only complete trials enter the table, every other one is listed
 with the reason (``no run``, ``FAILED at step 2000/4000``). A trial launched several times uses its
 newest complete run, else its newest run.
+
+Besides the returns, a trial holds its run's saliency scores at each mode's final evaluation
+(`SCORE_METRICS`: ``eval/<mode>/saliency_precision`` … as `sgqn fit` logs them, issue 24): the value
+logged at the step of the mode's final return. A score not logged at that step (a run from before these
+scores, an algorithm without an attribution predictor, saliency not computed at that evaluation, or
+undefined there) is absent, never 0.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections import defaultdict
@@ -28,21 +35,18 @@ from sgqn.app.sweeps.tracking import (
     expected_trials,
     find_sweep,
 )
-from sgqn.envs.names import MODES
+from sgqn.envs.names import mode_order
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import Run
 
 EVAL_KEY = re.compile(r"eval/([^/]+)/return_mean")
-MODE_ORDER = MODES  # the paper's column order, then any other mode
+# The saliency scores the report tables (`sgqn.evaluation.focus`): the critic's and SGQN's predictor's.
+SCORE_METRICS = ("saliency_precision", "saliency_tid", "predicted_precision", "predicted_tid")
+SCORE_KEY = re.compile(rf"eval/([^/]+)/({'|'.join(SCORE_METRICS)})")
 ALGORITHM_ORDER = tuple(ALGORITHMS)  # baselines first, as in the paper
 SETTING_KEYS = {"algorithm", "task", "seed"}  # override keys that are a trial's coordinates, not a variant
-
-
-def mode_order(mode: str) -> tuple[int, str, str]:
-    base, _, intensity = mode.partition("@")  # distracting_cs@0.1 sorts with distracting_cs
-    return (MODE_ORDER.index(base) if base in MODE_ORDER else len(MODE_ORDER), base, intensity)
 
 
 def method_order(method: str) -> tuple[int, str]:
@@ -81,6 +85,8 @@ class Trial:
     last_step: int | None = None  # step of the last evaluation (any mode); None: none logged
     finals: dict[str, float] = field(default_factory=dict)  # mode → return_mean at its last step
     curves: dict[str, Curve] = field(default_factory=dict)  # mode → eval/<mode>/return_mean history
+    # score (one of SCORE_METRICS) → mode → its value at the mode's final evaluation (absent: not logged)
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)
     runs: int = 0  # how many runs this trial has (re-launches)
 
     @property
@@ -190,15 +196,37 @@ def with_run(client: MlflowClient, trial: Trial, run: Run) -> Trial:
     )
 
 
+def with_scores(client: MlflowClient, trial: Trial, run: Run) -> Trial:
+    """`trial` (filled from `run` by `with_run`) with `run`'s saliency scores at each mode's final
+    evaluation: the value logged at the step of the mode's final return. One not logged at that step, or
+    not finite, is left out."""
+    scores: dict[str, dict[str, float]] = defaultdict(dict)
+    for key in run.data.metrics:
+        match = SCORE_KEY.fullmatch(key)
+        if match is None or match[1] not in trial.curves:
+            continue
+        final_step = trial.curves[match[1]].steps[-1]
+        curve = metric_curve(client, run.info.run_id, key)
+        if final_step in curve.steps:
+            value = curve.values[curve.steps.index(final_step)]
+            if math.isfinite(value):
+                scores[match[2]][match[1]] = value
+    return replace(trial, scores=dict(scores))
+
+
 def pick_run(client: MlflowClient, trial: Trial, runs: Sequence[Run]) -> Trial:
-    """`trial` filled from its newest complete run, else from its newest run (unchanged if it has none)."""
-    newest: Trial | None = None
+    """`trial` filled from its newest complete run, else from its newest run (unchanged if it has none),
+    with that run's saliency scores."""
+    chosen: tuple[Trial, Run] | None = None
     for run in sorted(runs, key=lambda r: r.info.start_time or 0, reverse=True):
         filled = with_run(client, trial, run)
         if filled.complete:
-            return replace(filled, runs=len(runs))
-        newest = newest or filled
-    return replace(newest or trial, runs=len(runs))
+            chosen = (filled, run)
+            break
+        chosen = chosen or (filled, run)
+    if chosen is None:
+        return replace(trial, runs=len(runs))
+    return replace(with_scores(client, *chosen), runs=len(runs))
 
 
 # --------------------------------------------------------------------------- sweeps and experiments

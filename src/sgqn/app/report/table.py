@@ -4,6 +4,11 @@ A cell holds each complete seed's final ``eval/<mode>/return_mean``; one built f
 sweep expected says so (``512 ± 40 (2/3)``). The ``average`` row is the mean over tasks of the per-task
 means, over the tasks where the method has all its seeds. Incomplete trials never enter a cell: they are
 listed under the table.
+
+The saliency tables (`build_tables`) are built the same way from each complete seed's score at its final
+evaluation (`Trial.scores`): the critic's saliency precision and TID, and, when a trial logged them, those
+of SGQN's attribution predictor. A seed without the score is left out of the cell as an incomplete one is
+(``0.61 (2/3)``; ``– (0/3)``: no seed has it), never counted as 0.
 """
 
 from __future__ import annotations
@@ -11,17 +16,72 @@ from __future__ import annotations
 import csv
 import math
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sgqn.app.report.collect import Collection
 
 AVERAGE = "average"
+RETURN = "return"
+
+
+@dataclass(frozen=True)
+class Metric:
+    """What a table's cells hold: `name` is ``return`` or a score of `Trial.scores`."""
+
+    name: str
+    title: str  # the table's heading, before ``: sweep <name>``
+    decimals: int  # 0: integers, as the paper's return tables
+    what: str  # each seed's value, for the footnote
+
+
+METRICS = {
+    RETURN: Metric(RETURN, "Results", 0, "final evaluation return"),
+    "saliency_precision": Metric(
+        "saliency_precision",
+        "Saliency precision",
+        2,
+        "eval/<mode>/saliency_precision at its final evaluation (the share of the critic's salient "
+        "pixels, its mask at ρ, that lie on the task's bodies)",
+    ),
+    "saliency_tid": Metric(
+        "saliency_tid",
+        "Saliency TID",
+        2,
+        "eval/<mode>/saliency_tid at its final evaluation (SimGRL's TID: √(precision · recall) of the "
+        "critic's salient pixels on the task's bodies)",
+    ),
+    "predicted_precision": Metric(
+        "predicted_precision",
+        "Predicted precision",
+        2,
+        "eval/<mode>/predicted_precision at its final evaluation (the precision of the mask SGQN's "
+        "attribution predictor predicts)",
+    ),
+    "predicted_tid": Metric(
+        "predicted_tid",
+        "Predicted TID",
+        2,
+        "eval/<mode>/predicted_tid at its final evaluation (the TID of the mask SGQN's attribution "
+        "predictor predicts)",
+    ),
+}
+SALIENCY_TABLES = ("saliency_precision", "saliency_tid")  # always written, beside the return table
+PREDICTED_TABLES = ("predicted_precision", "predicted_tid")  # written when a trial logged them
 
 
 def integer(value: float) -> str:
     """Rounded like the paper's tables; never ``-0``."""
     return str(round(value))  # an int: "-0" cannot occur
+
+
+def number(value: float, decimals: int = 0) -> str:
+    """`integer` for 0 decimals, else fixed point (never ``-0.00``)."""
+    if decimals == 0:
+        return integer(value)
+    text = f"{value:.{decimals}f}"
+    return text[1:] if text.startswith("-") and float(text) == 0 else text
 
 
 @dataclass
@@ -35,6 +95,7 @@ class Cell:
     values: list[float]
     expected: int  # seeds the sweep (or, for an experiment, the runs) has for this task and method
     ddof: int = 1
+    decimals: int = 0  # of the text: 0 for returns, 2 for saliency scores
 
     @property
     def n(self) -> int:
@@ -61,7 +122,8 @@ class Cell:
         if self.mean is None:
             body = "–"
         else:
-            body = integer(self.mean) + ("" if self.std is None else f" {pm} {integer(self.std)}")
+            spread = "" if self.std is None else f" {pm} {number(self.std, self.decimals)}"
+            body = number(self.mean, self.decimals) + spread
         return body + (f" ({self.n}/{self.expected})" if self.short else "")
 
 
@@ -74,9 +136,10 @@ class Average:
     tasks: list[str]  # the tasks averaged (those where every expected seed is complete)
     expected: list[str]  # the tasks the method ran on
     value: float | None
+    decimals: int = 0
 
     def text(self) -> str:
-        body = "–" if self.value is None else integer(self.value)
+        body = "–" if self.value is None else number(self.value, self.decimals)
         short = len(self.tasks) < len(self.expected)
         return body + (f" ({len(self.tasks)}/{len(self.expected)} tasks)" if short else "")
 
@@ -93,6 +156,7 @@ class Table:
     n_trials: int
     ddof: int = 1
     footnotes: list[str] = field(default_factory=list)
+    metric: str = RETURN  # a key of METRICS
 
     @property
     def columns(self) -> list[tuple[str, str]]:
@@ -103,18 +167,24 @@ class Table:
         return "" if cell is None or cell.expected == 0 else cell.text(pm)
 
 
-def build_table(collection: Collection, ddof: int = 1, modes: list[str] | None = None) -> Table:
+def build_table(
+    collection: Collection, ddof: int = 1, modes: list[str] | None = None, metric: str = RETURN
+) -> Table:
     """The table of `collection`'s complete trials; `modes` (default: every mode evaluated) are its
-    columns within each method."""
+    columns within each method; `metric`: the final returns, or one of the saliency scores (`METRICS`)."""
+    spec = METRICS[metric]
     modes = modes if modes is not None else collection.modes
     cells: dict[tuple[str, str, str], Cell] = {}
     for task in collection.tasks:
         for method in collection.methods:
             trials = collection.trials_of(task, method)
             for mode in modes:
-                kept = [t for t in trials if t.complete and mode in t.finals]
-                seeds, values = [t.seed for t in kept], [t.finals[mode] for t in kept]
-                cells[(task, method, mode)] = Cell(task, method, mode, seeds, values, len(trials), ddof)
+                finals = [t.finals if metric == RETURN else t.scores.get(metric, {}) for t in trials]
+                kept = [(t, f[mode]) for t, f in zip(trials, finals, strict=True) if t.complete and mode in f]
+                seeds, values = [t.seed for t, _ in kept], [v for _, v in kept]
+                cells[(task, method, mode)] = Cell(
+                    task, method, mode, seeds, values, len(trials), ddof, spec.decimals
+                )
     averages = {}
     for method in collection.methods:
         for mode in modes:
@@ -122,17 +192,27 @@ def build_table(collection: Collection, ddof: int = 1, modes: list[str] | None =
             full = [c for c in ran if c.n == c.expected]
             value = statistics.fmean(c.mean for c in full if c.mean is not None) if full else None
             tasks, ran_on = [c.task for c in full], [c.task for c in ran]
-            averages[(method, mode)] = Average(method, mode, tasks, ran_on, value)
+            averages[(method, mode)] = Average(method, mode, tasks, ran_on, value, spec.decimals)
     std = "sample std (ddof=1)" if ddof == 1 else f"std with ddof={ddof}"
-    footnotes = [
-        f"Cells: mean ± {std} over seeds of each seed's final evaluation return (mean alone with one seed); "
-        "(k/n): only k of the n expected seeds are complete.",
-        f"{AVERAGE}: mean over tasks of the per-task means, only over the tasks where the method has all its "
-        "seeds complete; (k/n tasks): k of the n tasks it ran on.",
-    ]
+    if metric == RETURN:
+        footnotes = [
+            f"Cells: mean ± {std} over seeds of each seed's final evaluation return (mean alone with one "
+            "seed); (k/n): only k of the n expected seeds are complete.",
+            f"{AVERAGE}: mean over tasks of the per-task means, only over the tasks where the method has all "
+            "its seeds complete; (k/n tasks): k of the n tasks it ran on.",
+        ]
+    else:
+        footnotes = [
+            f"Cells: mean ± {std} over seeds of each complete seed's {spec.what} (mean alone with one "
+            "seed); (k/n): only k of the n expected seeds are complete and logged it there; – (0/n): none "
+            "did (a run from before these scores, an algorithm without them, no saliency at that "
+            "evaluation): missing, not 0.",
+            f"{AVERAGE}: mean over tasks of the per-task means, only over the tasks where every expected "
+            "seed has it; (k/n tasks): k of the n tasks the method ran on.",
+        ]
     what = f"sweep {collection.name}" if collection.kind == "sweep" else f"experiment {collection.name}"
     return Table(
-        title=f"Results: {what}",
+        title=f"{spec.title}: {what}",
         tasks=collection.tasks,
         methods=collection.methods,
         modes=modes,
@@ -142,7 +222,16 @@ def build_table(collection: Collection, ddof: int = 1, modes: list[str] | None =
         n_trials=len(collection.trials),
         ddof=ddof,
         footnotes=footnotes,
+        metric=metric,
     )
+
+
+def build_tables(collection: Collection, ddof: int = 1, modes: list[str] | None = None) -> list[Table]:
+    """The return table, then the saliency precision and TID tables (their cells missing for runs that
+    did not log them), then the predictor's when any trial logged them: what `sgqn report` writes."""
+    logged = {metric for t in collection.trials for metric in t.scores}
+    metrics = [RETURN, *SALIENCY_TABLES, *(m for m in PREDICTED_TABLES if m in logged)]
+    return [build_table(collection, ddof, modes, metric) for metric in metrics]
 
 
 # --------------------------------------------------------------------------- writers
@@ -160,8 +249,8 @@ def missing_text(table: Table) -> str:
     return "\n".join([head, *lines]) + "\n"
 
 
-def markdown(table: Table) -> str:
-    """The table, its footnotes and the missing trials, in GitHub markdown."""
+def markdown(table: Table, missing: bool = True) -> str:
+    """The table, its footnotes and (`missing`) the missing trials, in GitHub markdown."""
     header = ["task", *(f"{method} {mode}" for method, mode in table.columns)]
     lines = [f"## {table.title}", "", "| " + " | ".join(header) + " |"]
     lines.append("|" + "|".join([":--", *("--:" for _ in table.columns)]) + "|")
@@ -171,13 +260,19 @@ def markdown(table: Table) -> str:
     row = [f"**{AVERAGE}**", *(table.averages[c].text() for c in table.columns)]
     lines += ["| " + " | ".join(row) + " |", ""]
     lines += [line for note in table.footnotes for line in (note, "")]
-    return "\n".join(lines) + "\n" + missing_text(table)
+    return "\n".join(lines) + "\n" + (missing_text(table) if missing else "")
+
+
+def markdown_tables(tables: Sequence[Table]) -> str:
+    """Several tables of one collection (`build_tables`), one after the other, then the missing trials."""
+    return "".join(markdown(table, missing=False) for table in tables) + missing_text(tables[0])
 
 
 def csv_rows(table: Table) -> list[dict[str, str]]:
-    """One row per (task, method, mode) cell (long form); the average row is left to the reader."""
+    """One row per (task, method, mode) cell (long form), `metric` naming the table; the average row is
+    left to the reader. A missing value is an empty field."""
 
-    def number(value: float | None) -> str:
+    def text(value: float | None) -> str:
         return "" if value is None else repr(value)
 
     rows = []
@@ -186,11 +281,12 @@ def csv_rows(table: Table) -> list[dict[str, str]]:
             continue
         rows.append(
             {
+                "metric": table.metric,
                 "task": task,
                 "method": method,
                 "mode": mode,
-                "mean": number(cell.mean),
-                "std": number(cell.std),
+                "mean": text(cell.mean),
+                "std": text(cell.std),
                 "n_seeds": str(cell.n),
                 "n_expected": str(cell.expected),
                 "seeds": ";".join(cell.seeds),
@@ -200,7 +296,7 @@ def csv_rows(table: Table) -> list[dict[str, str]]:
     return rows
 
 
-CSV_FIELDS = ["task", "method", "mode", "mean", "std", "n_seeds", "n_expected", "seeds", "values"]
+CSV_FIELDS = ["metric", "task", "method", "mode", "mean", "std", "n_seeds", "n_expected", "seeds", "values"]
 
 
 def latex_escape(text: str) -> str:
@@ -211,8 +307,9 @@ def latex_escape(text: str) -> str:
     return text
 
 
-def latex(table: Table) -> str:
-    """A booktabs ``tabular`` (one column group per method); footnotes and missing trials as comments."""
+def latex(table: Table, missing: bool = True) -> str:
+    """A booktabs ``tabular`` (one column group per method); footnotes and (`missing`) the missing trials
+    as comments."""
 
     def tex_cell(text: str) -> str:
         if not text:
@@ -223,7 +320,7 @@ def latex(table: Table) -> str:
 
     width = len(table.modes)
     lines = [f"% {table.title}", *(f"% {note}" for note in table.footnotes)]
-    lines += [f"% missing: {line}" for line in table.missing]
+    lines += [f"% missing: {line}" for line in table.missing if missing]
     lines += [r"\begin{tabular}{l" + "c" * len(table.columns) + "}", r"\toprule"]
     groups = [rf"\multicolumn{{{width}}}{{c}}{{{latex_escape(m)}}}" for m in table.methods]
     lines.append(" & ".join(["", *groups]) + r" \\")
@@ -240,14 +337,17 @@ def latex(table: Table) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_tables(table: Table, out: Path) -> list[Path]:
-    """``table.md``, ``table.csv`` and ``table.tex`` in `out`; returns their paths."""
+def write_tables(tables: Table | Sequence[Table], out: Path) -> list[Path]:
+    """``table.md``, ``table.csv`` and ``table.tex`` in `out`, each with every table of `tables` (one
+    after the other; the CSV's ``metric`` column tells them apart); returns their paths."""
+    tables = [tables] if isinstance(tables, Table) else list(tables)
     out.mkdir(parents=True, exist_ok=True)
     md, tex, csv_path = out / "table.md", out / "table.tex", out / "table.csv"
-    md.write_text(markdown(table))
-    tex.write_text(latex(table))
+    md.write_text(markdown_tables(tables))
+    tex.write_text("\n".join(latex(table, missing=i == 0) for i, table in enumerate(tables)))
     with open(csv_path, "w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=CSV_FIELDS)
         writer.writeheader()
-        writer.writerows(csv_rows(table))
+        for table in tables:
+            writer.writerows(csv_rows(table))
     return [md, csv_path, tex]

@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from sgqn.app.errors import ConfigError
+from sgqn.app.store import default_tracking_uri, open_client, sqlite_path, store_lock
 from sgqn.app.sweeps.spec import SHORTHANDS, SweepSpec, Trial
 from sgqn.app.sweeps.table import SweepTable
 from sgqn.app.sweeps.tracking import child_tags, create_parent_run
 from sgqn.app.sweeps.trial import DONE, STATUS, run_trial
-from sgqn.app.tracking import default_tracking_uri, sqlite_path
 
 
 @dataclass
@@ -219,9 +219,7 @@ def _check_trials(spec: SweepSpec, trials: list[Trial], folder: Path, uri: str) 
 
 def open_sweep(spec: SweepSpec, trials: list[Trial], folder: Path, uri: str) -> tuple[str, bool]:
     """The parent run of this sweep folder (continued), or a new one. Returns (run id, continued)."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri)
+    client = open_client(uri)
     state_file = folder / "sweep.json"
     fingerprint = spec.fingerprint(trials)
     if state_file.exists():
@@ -241,7 +239,8 @@ def open_sweep(spec: SweepSpec, trials: list[Trial], folder: Path, uri: str) -> 
         "resources": json.dumps(spec.resources),
         "max_failures": spec.max_failures,
     }
-    run_id = create_parent_run(client, spec.experiment_name, spec.name, records, spec.text, params)
+    with store_lock(uri):  # the experiment may be created by a fit started beside the sweep
+        run_id = create_parent_run(client, spec.experiment_name, spec.name, records, spec.text, params)
     folder.mkdir(parents=True, exist_ok=True)
     state_file.write_text(
         json.dumps({"fingerprint": fingerprint, "parent_run_id": run_id, "tracking_uri": uri})
@@ -269,7 +268,6 @@ def run_sweep(
 ) -> SweepOutcome:
     """Run (or continue) every trial of `spec` and close its MLflow parent run."""
     import ray
-    from mlflow import MlflowClient
     from ray import tune
 
     started = time.perf_counter()
@@ -279,6 +277,12 @@ def run_sweep(
         print(
             "sgqn sweep: warning: a sqlite tracking store on a shared filesystem is not safe for many "
             "writers on several machines; start `mlflow server` and pass --tracking-uri http://HOST:5000",
+            file=sys.stderr,
+        )
+    if not address and os.environ.get("RAY_ADDRESS"):
+        print(
+            f"sgqn sweep: RAY_ADDRESS is set ({os.environ['RAY_ADDRESS']}) but --address is not: running on "
+            "a new Ray on this machine; pass --address auto to use that cluster",
             file=sys.stderr,
         )
     trials = spec.trials()
@@ -302,6 +306,9 @@ def run_sweep(
                 raise ConfigError(f"--address {address}: {err}{_root_cause(err)}") from err
         else:
             ray.init(
+                # a new Ray on this machine, even where RAY_ADDRESS is set or `ray start` ran here (Ray
+                # would connect to that cluster, then refuse `num_cpus`)
+                address="local",
                 num_cpus=num_cpus or os.cpu_count(),
                 include_dashboard=False,
                 logging_level=logging.WARNING,
@@ -337,7 +344,7 @@ def run_sweep(
     finished = [c["trial"] for c in configs if (Path(c["folder"]) / DONE).exists()]
     failed = [c["trial"] for c in configs if c["trial"] not in finished]
     seconds = time.perf_counter() - started
-    client = MlflowClient(tracking_uri=uri)
+    client = open_client(uri)
     client.log_metric(parent_run_id, "sweep/trials_finished", len(finished))
     client.log_metric(parent_run_id, "sweep/trials_failed", len(failed))
     client.log_metric(parent_run_id, "sweep/wall_seconds", seconds)

@@ -10,7 +10,7 @@ from typing import Any, TextIO
 from ray.tune import Callback
 
 from sgqn.app.progress import format_duration
-from sgqn.app.report.collect import mode_order
+from sgqn.envs.names import mode_order
 
 
 def format_table(name: str, rows: Sequence[dict[str, Any]], elapsed: float) -> str:

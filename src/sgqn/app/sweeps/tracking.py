@@ -16,7 +16,8 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from sgqn.app.tracking import experiment_ids, git_commit
+from sgqn.app.runs import experiment_ids
+from sgqn.app.tracking import git_commit, mark_training_experiment
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -49,6 +50,7 @@ def create_parent_run(
     """Create the sweep's parent run (RUNNING) with its expected trials; returns its run id."""
     found = client.get_experiment_by_name(experiment_name)
     experiment_id = found.experiment_id if found is not None else client.create_experiment(experiment_name)
+    mark_training_experiment(client, experiment_id)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run = client.create_run(
         experiment_id,

@@ -36,9 +36,7 @@ def _die_with_parent() -> None:  # pragma: no cover (runs in the child between f
     libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def trial_env(
-    cpus: float, tracking_uri: str, forwarded: dict[str, str] | None = None
-) -> dict[str, str]:
+def trial_env(cpus: float, tracking_uri: str, forwarded: dict[str, str] | None = None) -> dict[str, str]:
     """The child's environment: the worker's, with the driver's `forwarded` variables (on a cluster the
     worker's is that of `ray start` on its node), one torch/OpenMP thread per CPU the trial holds (two
     2-thread runs on 2 cores crawl: oversubscription), the sweep's tracking store, headless rendering."""
