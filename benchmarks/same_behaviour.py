@@ -9,10 +9,21 @@
     python benchmarks/same_behaviour.py                     # runs again, exits 1 on any difference
     python benchmarks/same_behaviour.py --only sac sgqn     # some tiny runs, no quick start
 
-The recording is from 8dd3f9c, before the redesign; tiny/drqv2 and tiny/drqv2_sgqn were recorded again
-(`--record --only drqv2 drqv2_sgqn`) after DrQ-v2's actor was made to read the features encoded before
-the critic's step, as DrQ-v2 does (a deliberate change of behaviour, docs/algorithms.md). Metrics added
-since a recording (e.g. the saliency focus scores) are listed, not counted as differences.
+The recording is made by the commit before the redesign (8dd3f9c, its own copy of this script) on the
+machine that compares: a run is bit-reproducible for one machine, thread count and set of installed
+libraries only (8dd3f9c's code, after a fresh install, differs from its own earlier recording in the last
+bits from the first update on), so record the old code where you compare the new:
+
+    git worktree add /tmp/before 8dd3f9c
+    (cd /tmp/before && PYTHONPATH=src python benchmarks/same_behaviour.py --record)
+    cp /tmp/before/benchmarks/same_behaviour.json benchmarks/
+    python benchmarks/same_behaviour.py --record --only drqv2 drqv2_sgqn
+    python benchmarks/same_behaviour.py
+
+tiny/drqv2 and tiny/drqv2_sgqn are recorded by this tree: their actor now reads the features encoded
+before the critic's step, as DrQ-v2 does (a deliberate change of behaviour, docs/algorithms.md; its
+float64 oracle is tests/reference_drqv2.py). Metrics added since a recording (e.g. the saliency focus
+scores) are listed, not counted as differences.
 
 Each run is a fresh `sgqn fit` process with 2 intra-op threads (runs are deterministic for a given
 thread count), tracked in a temporary MLflow store, without DMC-GB data (the embedded default images).

@@ -75,6 +75,9 @@ def test_runs_of_one_seed_get_distinct_names_tags_resolved_params_and_a_summary(
         assert re.search(r"final eval: .*train -?\d+\.\d", out)
         assert re.search(r"wall time: +\d+ (s|min \d\d s)\n", out)  # over a minute on a busy 2-core machine
         assert f"mlflow ui --backend-store-uri sqlite:///{store}/mlflow.db" in out
+        # the run's page in the UI's model-training view (a fresh browser opens GenAI's otherwise)
+        page = f"http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+        assert f"then open:   {page}?workflowType=machine_learning" in out
 
 
 def test_a_given_run_name_is_kept(store: Path) -> None:

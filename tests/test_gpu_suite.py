@@ -138,6 +138,7 @@ def test_the_smoke_suite_runs_every_part_and_writes_its_figures(tmp_path: Path) 
     assert "SGQN learner, reference order ÷ fastest (" in table and "- part parity: ok" in table
 
 
+@pytest.mark.slow  # a real 14 s fit
 def test_train_throughput_without_mlflow_reports_the_curve_up_to_the_final_evaluation(tmp_path: Path) -> None:
     path = tmp_path / "figures.json"
     done = subprocess.run(

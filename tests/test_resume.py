@@ -138,6 +138,7 @@ def test_killed_and_resumed_run_equals_the_straight_run(
     assert [step for step, _ in metrics_b["train/loss_critic"]][:100] == list(range(100))
 
 
+@pytest.mark.slow  # 36 s; the default suite keeps the mid-episode kill -9 resume
 def test_an_overlapped_run_survives_a_kill_and_continues(tmp_path: Path) -> None:
     """`--data.overlap_collection`: not bit-exact (the collecting thread draws its own exploration noise),
     but a killed run resumes from its checkpoint into the same MLflow run and ends at the same step."""

@@ -57,12 +57,23 @@ def fail(message: str, hint: str | None = None) -> NoReturn:
 # --------------------------------------------------------------------------- the end of `fit`
 
 
+MLFLOW_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
+
+
 def _absolute_sqlite(uri: str) -> str:
     """``sqlite:///mlflow.db`` (relative to the working directory) → its absolute form."""
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
         return prefix + str(Path(uri[len(prefix) :]).resolve())
     return uri
+
+
+def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    """The run's page in the MLflow UI (a tracking server's own, else `mlflow ui`'s default address), in
+    its model-training view: MLflow 3's UI opens in its GenAI view (traces, prompts) unless the link says
+    ``workflowType=machine_learning`` or the browser remembers the switch (docs/mlflow.md)."""
+    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else MLFLOW_UI
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
 
 
 def format_seconds(seconds: float) -> str:
@@ -107,7 +118,14 @@ def fit_summary(trainer: Any, started: float) -> str:
             lines.append(f"  final eval:  return at {last['agent_steps']:.0f} agent steps: {returns}")
     lines.append(f"  wall time:   {format_seconds(time.perf_counter() - started)}")
     for logger in loggers:
-        lines.append(f"  view:        mlflow ui --backend-store-uri {_absolute_sqlite(logger._tracking_uri)}")
+        run = logger.experiment.get_run(logger.run_id)
+        if not logger._tracking_uri.startswith(("http://", "https://")):
+            lines.append(
+                f"  view:        mlflow ui --backend-store-uri {_absolute_sqlite(logger._tracking_uri)}"
+            )
+        lines.append(
+            f"  then open:   {run_url(logger._tracking_uri, run.info.experiment_id, run.info.run_id)}"
+        )
     return "\n".join(lines)
 
 
@@ -117,4 +135,5 @@ __all__ = [
     "fit_summary",
     "help_text",
     "one_line",
+    "run_url",
 ]
