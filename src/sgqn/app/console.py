@@ -60,19 +60,16 @@ def fail(message: str, hint: str | None = None) -> NoReturn:
 MLFLOW_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves by default
 
 
-def _absolute_sqlite(uri: str) -> str:
-    """``sqlite:///mlflow.db`` (relative to the working directory) → its absolute form."""
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        return prefix + str(Path(uri[len(prefix) :]).resolve())
-    return uri
+def is_server(tracking_uri: str) -> bool:
+    """A tracking server (its own UI), not a store `mlflow ui` must be started on."""
+    return tracking_uri.startswith(("http://", "https://"))
 
 
 def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
     """The run's page in the MLflow UI (a tracking server's own, else `mlflow ui`'s default address), in
     its model-training view: MLflow 3's UI opens in its GenAI view (traces, prompts) unless the link says
     ``workflowType=machine_learning`` or the browser remembers the switch (docs/mlflow.md)."""
-    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else MLFLOW_UI
+    base = tracking_uri.rstrip("/") if is_server(tracking_uri) else MLFLOW_UI
     return f"{base}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
 
 
@@ -93,11 +90,12 @@ def fit_summary(trainer: Any, started: float) -> str:
 
     from sgqn.app.callbacks import EnvStepCheckpoint
     from sgqn.app.eval_callback import EvaluationCallback
+    from sgqn.app.store import absolute_uri
 
     lines = [f"[{PROG}] fit finished"]
     loggers = [lg for lg in trainer.loggers if isinstance(lg, MLFlowLogger) and lg._run_id is not None]
-    for logger in loggers:
-        run = logger.experiment.get_run(logger.run_id)
+    runs = [(logger, logger.experiment.get_run(logger.run_id)) for logger in loggers]
+    for logger, run in runs:
         lines += [
             f"  run:         {run.info.run_name} (id {run.info.run_id})",
             f"  experiment:  {logger._experiment_name} (id {run.info.experiment_id})",
@@ -105,8 +103,8 @@ def fit_summary(trainer: Any, started: float) -> str:
     for callback in trainer.callbacks:
         if isinstance(callback, EnvStepCheckpoint) and callback.dirpath:
             lines.append(f"  checkpoints: {Path(callback.dirpath).resolve()}")
-    for logger in loggers:
-        lines.append(f"  artifacts:   {logger.experiment.get_run(logger.run_id).info.artifact_uri}")
+    for _, run in runs:
+        lines.append(f"  artifacts:   {run.info.artifact_uri}")
     for callback in trainer.callbacks:
         if isinstance(callback, EvaluationCallback) and callback.history:
             last = callback.history[-1]
@@ -117,12 +115,9 @@ def fit_summary(trainer: Any, started: float) -> str:
             )
             lines.append(f"  final eval:  return at {last['agent_steps']:.0f} agent steps: {returns}")
     lines.append(f"  wall time:   {format_seconds(time.perf_counter() - started)}")
-    for logger in loggers:
-        run = logger.experiment.get_run(logger.run_id)
-        if not logger._tracking_uri.startswith(("http://", "https://")):
-            lines.append(
-                f"  view:        mlflow ui --backend-store-uri {_absolute_sqlite(logger._tracking_uri)}"
-            )
+    for logger, run in runs:
+        if not is_server(logger._tracking_uri):
+            lines.append(f"  view:        mlflow ui --backend-store-uri {absolute_uri(logger._tracking_uri)}")
         lines.append(
             f"  then open:   {run_url(logger._tracking_uri, run.info.experiment_id, run.info.run_id)}"
         )

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sgqn.app.report.collect import Collection
+from sgqn.app.report.collect import SCORE_METRICS, Collection
 
 AVERAGE = "average"
 RETURN = "return"
@@ -67,8 +67,10 @@ METRICS = {
         "predictor predicts)",
     ),
 }
-SALIENCY_TABLES = ("saliency_precision", "saliency_tid")  # always written, beside the return table
-PREDICTED_TABLES = ("predicted_precision", "predicted_tid")  # written when a trial logged them
+# always written, beside the return table
+SALIENCY_TABLES = tuple(m for m in SCORE_METRICS if m.startswith("saliency_"))
+# written when a trial logged them
+PREDICTED_TABLES = tuple(m for m in SCORE_METRICS if m.startswith("predicted_"))
 
 
 def integer(value: float) -> str:
